@@ -23,7 +23,9 @@ fn find_clang() -> anyhow::Result<String> {
             return Ok(candidate.to_owned());
         }
     }
-    bail!("no clang found to compile the BPF programs: run `cargo xtask setup` (installs clang-19 and libbpf-dev) or set BERTH_CLANG")
+    bail!(
+        "no clang found to compile the BPF programs: run `cargo xtask setup` (installs clang-19 and libbpf-dev) or set BERTH_CLANG"
+    )
 }
 
 fn main() -> anyhow::Result<()> {

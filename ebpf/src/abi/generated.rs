@@ -59,14 +59,10 @@ pub struct berth_service_key {
 const _: () = {
     ["Size of berth_service_key"][::core::mem::size_of::<berth_service_key>() - 8usize];
     ["Alignment of berth_service_key"][::core::mem::align_of::<berth_service_key>() - 4usize];
-    ["Offset of field: berth_service_key::vip"]
-        [::core::mem::offset_of!(berth_service_key, vip) - 0usize];
-    ["Offset of field: berth_service_key::port"]
-        [::core::mem::offset_of!(berth_service_key, port) - 4usize];
-    ["Offset of field: berth_service_key::proto"]
-        [::core::mem::offset_of!(berth_service_key, proto) - 6usize];
-    ["Offset of field: berth_service_key::pad"]
-        [::core::mem::offset_of!(berth_service_key, pad) - 7usize];
+    ["Offset of field: berth_service_key::vip"][::core::mem::offset_of!(berth_service_key, vip) - 0usize];
+    ["Offset of field: berth_service_key::port"][::core::mem::offset_of!(berth_service_key, port) - 4usize];
+    ["Offset of field: berth_service_key::proto"][::core::mem::offset_of!(berth_service_key, proto) - 6usize];
+    ["Offset of field: berth_service_key::pad"][::core::mem::offset_of!(berth_service_key, pad) - 7usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq, Eq)]
@@ -84,22 +80,18 @@ pub struct berth_service_value {
 const _: () = {
     ["Size of berth_service_value"][::core::mem::size_of::<berth_service_value>() - 24usize];
     ["Alignment of berth_service_value"][::core::mem::align_of::<berth_service_value>() - 4usize];
-    ["Offset of field: berth_service_value::svc_id"]
-        [::core::mem::offset_of!(berth_service_value, svc_id) - 0usize];
+    ["Offset of field: berth_service_value::svc_id"][::core::mem::offset_of!(berth_service_value, svc_id) - 0usize];
     ["Offset of field: berth_service_value::sched_len"]
         [::core::mem::offset_of!(berth_service_value, sched_len) - 4usize];
-    ["Offset of field: berth_service_value::active"]
-        [::core::mem::offset_of!(berth_service_value, active) - 8usize];
+    ["Offset of field: berth_service_value::active"][::core::mem::offset_of!(berth_service_value, active) - 8usize];
     ["Offset of field: berth_service_value::terminating"]
         [::core::mem::offset_of!(berth_service_value, terminating) - 12usize];
     ["Offset of field: berth_service_value::affinity_timeout_s"]
         [::core::mem::offset_of!(berth_service_value, affinity_timeout_s) - 16usize];
     ["Offset of field: berth_service_value::algorithm"]
         [::core::mem::offset_of!(berth_service_value, algorithm) - 20usize];
-    ["Offset of field: berth_service_value::epoch"]
-        [::core::mem::offset_of!(berth_service_value, epoch) - 21usize];
-    ["Offset of field: berth_service_value::flags"]
-        [::core::mem::offset_of!(berth_service_value, flags) - 22usize];
+    ["Offset of field: berth_service_value::epoch"][::core::mem::offset_of!(berth_service_value, epoch) - 21usize];
+    ["Offset of field: berth_service_value::flags"][::core::mem::offset_of!(berth_service_value, flags) - 22usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq, Eq)]
@@ -113,14 +105,10 @@ pub struct berth_schedule_key {
 const _: () = {
     ["Size of berth_schedule_key"][::core::mem::size_of::<berth_schedule_key>() - 12usize];
     ["Alignment of berth_schedule_key"][::core::mem::align_of::<berth_schedule_key>() - 4usize];
-    ["Offset of field: berth_schedule_key::svc_id"]
-        [::core::mem::offset_of!(berth_schedule_key, svc_id) - 0usize];
-    ["Offset of field: berth_schedule_key::slot"]
-        [::core::mem::offset_of!(berth_schedule_key, slot) - 4usize];
-    ["Offset of field: berth_schedule_key::epoch"]
-        [::core::mem::offset_of!(berth_schedule_key, epoch) - 8usize];
-    ["Offset of field: berth_schedule_key::pad"]
-        [::core::mem::offset_of!(berth_schedule_key, pad) - 9usize];
+    ["Offset of field: berth_schedule_key::svc_id"][::core::mem::offset_of!(berth_schedule_key, svc_id) - 0usize];
+    ["Offset of field: berth_schedule_key::slot"][::core::mem::offset_of!(berth_schedule_key, slot) - 4usize];
+    ["Offset of field: berth_schedule_key::epoch"][::core::mem::offset_of!(berth_schedule_key, epoch) - 8usize];
+    ["Offset of field: berth_schedule_key::pad"][::core::mem::offset_of!(berth_schedule_key, pad) - 9usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq, Eq)]
@@ -138,13 +126,10 @@ const _: () = {
     ["Alignment of berth_backend"][::core::mem::align_of::<berth_backend>() - 4usize];
     ["Offset of field: berth_backend::addr"][::core::mem::offset_of!(berth_backend, addr) - 0usize];
     ["Offset of field: berth_backend::port"][::core::mem::offset_of!(berth_backend, port) - 4usize];
-    ["Offset of field: berth_backend::state"]
-        [::core::mem::offset_of!(berth_backend, state) - 6usize];
+    ["Offset of field: berth_backend::state"][::core::mem::offset_of!(berth_backend, state) - 6usize];
     ["Offset of field: berth_backend::pad"][::core::mem::offset_of!(berth_backend, pad) - 7usize];
-    ["Offset of field: berth_backend::generation"]
-        [::core::mem::offset_of!(berth_backend, generation) - 8usize];
-    ["Offset of field: berth_backend::svc_id"]
-        [::core::mem::offset_of!(berth_backend, svc_id) - 12usize];
+    ["Offset of field: berth_backend::generation"][::core::mem::offset_of!(berth_backend, generation) - 8usize];
+    ["Offset of field: berth_backend::svc_id"][::core::mem::offset_of!(berth_backend, svc_id) - 12usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq, Eq)]
@@ -163,10 +148,8 @@ const _: () = {
     ["Offset of field: berth_ct_key::saddr"][::core::mem::offset_of!(berth_ct_key, saddr) - 0usize];
     ["Offset of field: berth_ct_key::daddr"][::core::mem::offset_of!(berth_ct_key, daddr) - 4usize];
     ["Offset of field: berth_ct_key::sport"][::core::mem::offset_of!(berth_ct_key, sport) - 8usize];
-    ["Offset of field: berth_ct_key::dport"]
-        [::core::mem::offset_of!(berth_ct_key, dport) - 10usize];
-    ["Offset of field: berth_ct_key::proto"]
-        [::core::mem::offset_of!(berth_ct_key, proto) - 12usize];
+    ["Offset of field: berth_ct_key::dport"][::core::mem::offset_of!(berth_ct_key, dport) - 10usize];
+    ["Offset of field: berth_ct_key::proto"][::core::mem::offset_of!(berth_ct_key, proto) - 12usize];
     ["Offset of field: berth_ct_key::pad"][::core::mem::offset_of!(berth_ct_key, pad) - 13usize];
 };
 #[repr(C)]
@@ -186,24 +169,15 @@ pub struct berth_ct_value {
 const _: () = {
     ["Size of berth_ct_value"][::core::mem::size_of::<berth_ct_value>() - 32usize];
     ["Alignment of berth_ct_value"][::core::mem::align_of::<berth_ct_value>() - 8usize];
-    ["Offset of field: berth_ct_value::created_ns"]
-        [::core::mem::offset_of!(berth_ct_value, created_ns) - 0usize];
-    ["Offset of field: berth_ct_value::backend_id"]
-        [::core::mem::offset_of!(berth_ct_value, backend_id) - 8usize];
-    ["Offset of field: berth_ct_value::backend_gen"]
-        [::core::mem::offset_of!(berth_ct_value, backend_gen) - 12usize];
-    ["Offset of field: berth_ct_value::svc_id"]
-        [::core::mem::offset_of!(berth_ct_value, svc_id) - 16usize];
-    ["Offset of field: berth_ct_value::vip"]
-        [::core::mem::offset_of!(berth_ct_value, vip) - 20usize];
-    ["Offset of field: berth_ct_value::vport"]
-        [::core::mem::offset_of!(berth_ct_value, vport) - 24usize];
-    ["Offset of field: berth_ct_value::kind"]
-        [::core::mem::offset_of!(berth_ct_value, kind) - 26usize];
-    ["Offset of field: berth_ct_value::pad"]
-        [::core::mem::offset_of!(berth_ct_value, pad) - 27usize];
-    ["Offset of field: berth_ct_value::pad2"]
-        [::core::mem::offset_of!(berth_ct_value, pad2) - 28usize];
+    ["Offset of field: berth_ct_value::created_ns"][::core::mem::offset_of!(berth_ct_value, created_ns) - 0usize];
+    ["Offset of field: berth_ct_value::backend_id"][::core::mem::offset_of!(berth_ct_value, backend_id) - 8usize];
+    ["Offset of field: berth_ct_value::backend_gen"][::core::mem::offset_of!(berth_ct_value, backend_gen) - 12usize];
+    ["Offset of field: berth_ct_value::svc_id"][::core::mem::offset_of!(berth_ct_value, svc_id) - 16usize];
+    ["Offset of field: berth_ct_value::vip"][::core::mem::offset_of!(berth_ct_value, vip) - 20usize];
+    ["Offset of field: berth_ct_value::vport"][::core::mem::offset_of!(berth_ct_value, vport) - 24usize];
+    ["Offset of field: berth_ct_value::kind"][::core::mem::offset_of!(berth_ct_value, kind) - 26usize];
+    ["Offset of field: berth_ct_value::pad"][::core::mem::offset_of!(berth_ct_value, pad) - 27usize];
+    ["Offset of field: berth_ct_value::pad2"][::core::mem::offset_of!(berth_ct_value, pad2) - 28usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq, Eq)]
@@ -218,10 +192,8 @@ const _: () = {
     ["Alignment of berth_affinity_key"][::core::mem::align_of::<berth_affinity_key>() - 8usize];
     ["Offset of field: berth_affinity_key::netns_cookie"]
         [::core::mem::offset_of!(berth_affinity_key, netns_cookie) - 0usize];
-    ["Offset of field: berth_affinity_key::svc_id"]
-        [::core::mem::offset_of!(berth_affinity_key, svc_id) - 8usize];
-    ["Offset of field: berth_affinity_key::client"]
-        [::core::mem::offset_of!(berth_affinity_key, client) - 12usize];
+    ["Offset of field: berth_affinity_key::svc_id"][::core::mem::offset_of!(berth_affinity_key, svc_id) - 8usize];
+    ["Offset of field: berth_affinity_key::client"][::core::mem::offset_of!(berth_affinity_key, client) - 12usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq, Eq)]
@@ -253,14 +225,10 @@ pub struct berth_sock_rev_key {
 const _: () = {
     ["Size of berth_sock_rev_key"][::core::mem::size_of::<berth_sock_rev_key>() - 16usize];
     ["Alignment of berth_sock_rev_key"][::core::mem::align_of::<berth_sock_rev_key>() - 8usize];
-    ["Offset of field: berth_sock_rev_key::cookie"]
-        [::core::mem::offset_of!(berth_sock_rev_key, cookie) - 0usize];
-    ["Offset of field: berth_sock_rev_key::addr"]
-        [::core::mem::offset_of!(berth_sock_rev_key, addr) - 8usize];
-    ["Offset of field: berth_sock_rev_key::port"]
-        [::core::mem::offset_of!(berth_sock_rev_key, port) - 12usize];
-    ["Offset of field: berth_sock_rev_key::pad"]
-        [::core::mem::offset_of!(berth_sock_rev_key, pad) - 14usize];
+    ["Offset of field: berth_sock_rev_key::cookie"][::core::mem::offset_of!(berth_sock_rev_key, cookie) - 0usize];
+    ["Offset of field: berth_sock_rev_key::addr"][::core::mem::offset_of!(berth_sock_rev_key, addr) - 8usize];
+    ["Offset of field: berth_sock_rev_key::port"][::core::mem::offset_of!(berth_sock_rev_key, port) - 12usize];
+    ["Offset of field: berth_sock_rev_key::pad"][::core::mem::offset_of!(berth_sock_rev_key, pad) - 14usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq, Eq)]
@@ -273,12 +241,9 @@ pub struct berth_sock_rev_value {
 const _: () = {
     ["Size of berth_sock_rev_value"][::core::mem::size_of::<berth_sock_rev_value>() - 8usize];
     ["Alignment of berth_sock_rev_value"][::core::mem::align_of::<berth_sock_rev_value>() - 4usize];
-    ["Offset of field: berth_sock_rev_value::vip"]
-        [::core::mem::offset_of!(berth_sock_rev_value, vip) - 0usize];
-    ["Offset of field: berth_sock_rev_value::vport"]
-        [::core::mem::offset_of!(berth_sock_rev_value, vport) - 4usize];
-    ["Offset of field: berth_sock_rev_value::pad"]
-        [::core::mem::offset_of!(berth_sock_rev_value, pad) - 6usize];
+    ["Offset of field: berth_sock_rev_value::vip"][::core::mem::offset_of!(berth_sock_rev_value, vip) - 0usize];
+    ["Offset of field: berth_sock_rev_value::vport"][::core::mem::offset_of!(berth_sock_rev_value, vport) - 4usize];
+    ["Offset of field: berth_sock_rev_value::pad"][::core::mem::offset_of!(berth_sock_rev_value, pad) - 6usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq, Eq)]
@@ -291,10 +256,8 @@ pub struct berth_traffic_stats {
 const _: () = {
     ["Size of berth_traffic_stats"][::core::mem::size_of::<berth_traffic_stats>() - 24usize];
     ["Alignment of berth_traffic_stats"][::core::mem::align_of::<berth_traffic_stats>() - 8usize];
-    ["Offset of field: berth_traffic_stats::packets"]
-        [::core::mem::offset_of!(berth_traffic_stats, packets) - 0usize];
-    ["Offset of field: berth_traffic_stats::bytes"]
-        [::core::mem::offset_of!(berth_traffic_stats, bytes) - 8usize];
+    ["Offset of field: berth_traffic_stats::packets"][::core::mem::offset_of!(berth_traffic_stats, packets) - 0usize];
+    ["Offset of field: berth_traffic_stats::bytes"][::core::mem::offset_of!(berth_traffic_stats, bytes) - 8usize];
     ["Offset of field: berth_traffic_stats::new_flows"]
         [::core::mem::offset_of!(berth_traffic_stats, new_flows) - 16usize];
 };
