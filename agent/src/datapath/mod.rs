@@ -60,8 +60,9 @@ pub struct Datapath {
     maps: Maps,
     table: Table,
     attached: Vec<(AttachPoint, AttachOutcome)>,
-    /// Kernel ids (cached per CPU count) for per-CPU zeroing.
+    /// Possible CPUs: the length of every per-CPU value.
     ncpus: usize,
+    instruction_counts: Vec<(&'static str, u32)>,
 }
 
 impl Datapath {
@@ -84,11 +85,14 @@ impl Datapath {
     /// # Errors
     /// See [`DatapathError`].
     pub fn load(options: DatapathOptions) -> Result<Self, DatapathError> {
-        let loaded = loader::load(&loader::LoadOptions {
+        let mut loaded = loader::load(&loader::LoadOptions {
             pins: options.pins.clone(),
             limits: options.limits,
             stats: options.stats,
         })?;
+        // Verify every program before touching any map or hook: a verifier
+        // rejection must leave the running data plane as it was.
+        let instruction_counts = loader::verify_all(&mut loaded)?;
         let mut maps = Maps::open(&options.pins)?;
         let recovered = read_recovered(&maps, options.limits.backends)?;
         let limits = options.limits;
@@ -102,7 +106,7 @@ impl Datapath {
         let ncpus = aya::util::nr_cpus().map_err(|(_, io_error)| {
             map_op("berth_svc_stats_v1", "count CPUs", MapError::SyscallError(aya::sys::SyscallError { call: "nr_cpus", io_error }))
         })?;
-        Ok(Self { options, loaded, maps, table, attached: Vec::new(), ncpus })
+        Ok(Self { options, loaded, maps, table, attached: Vec::new(), ncpus, instruction_counts })
     }
 
     /// Programs the kernel to serve exactly `desired`.
@@ -136,12 +140,10 @@ impl Datapath {
         &mut self.loaded
     }
 
-    /// Verified instruction count of every program.
-    ///
-    /// # Errors
-    /// A verifier rejection.
-    pub fn instruction_counts(&mut self) -> Result<Vec<(&'static str, u32)>, DatapathError> {
-        Ok(loader::verify_all(&mut self.loaded)?)
+    /// Verified instruction count of every program (as the kernel reports
+    /// it after loading).
+    pub fn instruction_counts(&self) -> &[(&'static str, u32)] {
+        &self.instruction_counts
     }
 }
 

@@ -479,7 +479,9 @@ impl Table {
         }
 
         // 3. The Service entry: one atomic replace switches to the new epoch.
-        if target != entry.value {
+        // A new Service is always written, even with nothing to schedule: its
+        // VIP must answer (drop, counted) rather than fall through.
+        if is_new || target != entry.value {
             maps.put_service(&berth_service_key::new(addr.vip, addr.port, addr.protocol), &target).map_err(write_err)?;
             if schedule_changed {
                 entry.other_epoch_len = entry.schedule.len() as u32;

@@ -272,3 +272,12 @@ fn recovery_rebuilds_the_view_and_the_next_apply_is_a_no_op() {
     assert!(fake.ops.is_empty(), "restart rewrote {:?}", fake.ops);
     assert_eq!(report.services_added, 0);
 }
+
+#[test]
+fn a_new_service_without_backends_is_still_written() {
+    let mut fake = Fake::default();
+    let mut t = table();
+    t.apply(&mut fake, &[service("empty", vec![])]).expect("apply");
+    let v = fake.services.values().next().expect("service entry written");
+    assert_eq!(v.sched_len, 0);
+}
