@@ -257,7 +257,8 @@ impl StandaloneConfig {
     /// [`ConfigError::Read`] if the file cannot be read, otherwise as
     /// [`StandaloneConfig::from_yaml`].
     pub fn load(path: &Path, checks: &Checks) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::from_yaml(&path.display().to_string(), &text, checks)
     }
 
@@ -318,7 +319,8 @@ impl ServiceSpec {
     /// Slots of this Service's schedule: the active backends' table, or the
     /// terminating ones' when none is active (the data plane's fallback).
     fn slot_count(&self) -> usize {
-        let of = |state| -> Vec<Weight> { self.backends.iter().filter(|b| b.state == state).map(|b| b.weight).collect() };
+        let of =
+            |state| -> Vec<Weight> { self.backends.iter().filter(|b| b.state == state).map(|b| b.weight).collect() };
         let mut weights = of(BackendState::Active);
         if weights.is_empty() {
             weights = of(BackendState::Terminating);
@@ -449,7 +451,10 @@ impl Validator<'_> {
         if name.is_empty() {
             self.problem("uplink", "must name the interface where traffic for the VIPs arrives");
         } else if name.len() > MAX_INTERFACE_NAME || name.contains(['/', ' ', '\0']) {
-            self.problem("uplink", format!("{name:?} is not a valid interface name (at most 15 bytes, no '/' or spaces)"));
+            self.problem(
+                "uplink",
+                format!("{name:?} is not a valid interface name (at most 15 bytes, no '/' or spaces)"),
+            );
         } else if !(self.checks.interface_exists)(name) {
             self.problem("uplink", format!("interface {name:?} does not exist"));
         }
@@ -481,10 +486,15 @@ impl Validator<'_> {
             Some(size) => self.maglev_table_size(&format!("{path}.maglev_table_size"), size, algorithm),
         };
         let affinity = self.affinity(path, raw.session_affinity, raw.affinity_timeout_seconds);
-        let backends: Vec<BackendSpec> =
-            raw.backends.into_iter().enumerate().map(|(j, b)| self.backend(&format!("{path}.backends[{j}]"), b)).collect();
+        let backends: Vec<BackendSpec> = raw
+            .backends
+            .into_iter()
+            .enumerate()
+            .map(|(j, b)| self.backend(&format!("{path}.backends[{j}]"), b))
+            .collect();
         self.duplicate_backends(path, &backends);
-        let spec = ServiceSpec { name: raw.name, vip, port, protocol, algorithm, maglev_table_size, affinity, backends };
+        let spec =
+            ServiceSpec { name: raw.name, vip, port, protocol, algorithm, maglev_table_size, affinity, backends };
         if spec.algorithm == Algorithm::Maglev {
             let active = spec.backends.iter().filter(|b| b.state == BackendState::Active).count();
             if active > spec.maglev_table_size.get() as usize {

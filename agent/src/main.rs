@@ -40,16 +40,16 @@ enum Command {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Standalone { config, check: true, .. } => standalone::check(&config).map(|c| {
-            println!("{}: ok ({} services)", config.display(), c.services.len());
-        }).map_err(standalone::StandaloneError::from),
+        Command::Standalone { config, check: true, .. } => standalone::check(&config)
+            .map(|c| {
+                println!("{}: ok ({} services)", config.display(), c.services.len());
+            })
+            .map_err(standalone::StandaloneError::from),
         Command::Standalone { config, check: false, bpffs_root, poll_interval_ms } => standalone::run(StandaloneArgs {
             config,
             bpffs_root,

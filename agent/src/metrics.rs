@@ -172,7 +172,8 @@ impl Collector for KernelCollector {
         for (id, (name, backend, state)) in &labels.backends {
             let Ok(values) = maps.backend_stats.get(id, 0) else { continue };
             let s = sum_stats(&values);
-            let l: LabelSet = vec![("service", name.clone()), ("backend", backend.clone()), ("state", (*state).to_owned())];
+            let l: LabelSet =
+                vec![("service", name.clone()), ("backend", backend.clone()), ("state", (*state).to_owned())];
             pkts.push((l.clone(), s.packets));
             bytes.push((l.clone(), s.bytes));
             flows.push((l, s.new_flows));
@@ -191,10 +192,20 @@ impl Collector for KernelCollector {
             if reason.is_drop() { drops.push(row) } else { events.push(row) }
         }
         encode_counters(&mut encoder, "drops", "Packets dropped or socket calls refused, by reason", &drops)?;
-        encode_counters(&mut encoder, "datapath_events", "Packets passed untouched and flow events, by reason", &events)?;
+        encode_counters(
+            &mut encoder,
+            "datapath_events",
+            "Packets passed untouched and flow events, by reason",
+            &events,
+        )?;
 
         let conntrack = count_keys(&maps.conntrack);
-        encode_gauges(&mut encoder, "conntrack_entries", "Conntrack entries (forward + reverse per flow)", &[(vec![], conntrack as i64)])?;
+        encode_gauges(
+            &mut encoder,
+            "conntrack_entries",
+            "Conntrack entries (forward + reverse per flow)",
+            &[(vec![], conntrack as i64)],
+        )?;
         let fill = [
             ("services", labels.services.len() as u64, self.limits.services),
             ("backends", labels.backends.len() as u64, self.limits.backends),

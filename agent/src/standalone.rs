@@ -44,7 +44,11 @@ pub struct StandaloneArgs {
 
 impl Default for StandaloneArgs {
     fn default() -> Self {
-        Self { config: PathBuf::new(), bpffs_root: PathBuf::from(DEFAULT_BPFFS_ROOT), poll_interval: Duration::from_secs(1) }
+        Self {
+            config: PathBuf::new(),
+            bpffs_root: PathBuf::from(DEFAULT_BPFFS_ROOT),
+            poll_interval: Duration::from_secs(1),
+        }
     }
 }
 
@@ -52,8 +56,10 @@ impl Default for StandaloneArgs {
 pub enum StandaloneError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    // Boxed: the load errors carry verifier logs and paths, and this enum is
+    // returned through every start-up step.
     #[error(transparent)]
-    Datapath(#[from] DatapathError),
+    Datapath(#[from] Box<DatapathError>),
     #[error(transparent)]
     Admin(#[from] AdminError),
     #[error("starting the async runtime")]
@@ -62,7 +68,7 @@ pub enum StandaloneError {
     Cleanup {
         path: PathBuf,
         #[source]
-        source: crate::datapath::LoadError,
+        source: Box<crate::datapath::LoadError>,
     },
 }
 
@@ -145,14 +151,18 @@ pub fn run(args: StandaloneArgs) -> Result<(), StandaloneError> {
     // Phase 2: build.
     let seen = Instant::now();
     let opts = options(&config, &args.bpffs_root);
-    let mut datapath = Datapath::start(opts.clone())?;
+    let mut datapath = Datapath::start(opts.clone()).map_err(Box::new)?;
     for (point, outcome) in datapath.attached() {
         tracing::info!(?point, ?outcome, "attached");
     }
-    let report = datapath.apply(&config.desired_services())?;
+    let report = datapath.apply(&config.desired_services()).map_err(Box::new)?;
     tracing::info!(?report, instance = %config.instance, "configuration programmed");
     let labels = Arc::new(RwLock::new(Labels::from_table(datapath.table())));
-    let (registry, agent_metrics) = crate::metrics::registry(Maps::open(&opts.pins).map_err(DatapathError::from)?, opts.limits, labels.clone());
+    let (registry, agent_metrics) = crate::metrics::registry(
+        Maps::open(&opts.pins).map_err(|e| Box::new(DatapathError::from(e)))?,
+        opts.limits,
+        labels.clone(),
+    );
     agent_metrics.programming_latency.observe(seen.elapsed().as_secs_f64());
     agent_metrics.reload("applied");
     let ready = Arc::new(AtomicBool::new(true));
@@ -274,5 +284,6 @@ fn reload_loop(
 /// A pin that cannot be removed.
 pub fn cleanup(bpffs_root: &Path, instance: &str) -> Result<Vec<PathBuf>, StandaloneError> {
     let pins = PinDir::new(bpffs_root, instance);
-    pins.remove_all().map_err(|source| StandaloneError::Cleanup { path: pins.path().to_owned(), source })
+    pins.remove_all()
+        .map_err(|source| StandaloneError::Cleanup { path: pins.path().to_owned(), source: Box::new(source) })
 }

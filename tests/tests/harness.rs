@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use berth_tests::topology::{CLIENT_ADDR, backend_addr};
 use berth_tests::{
-    HoldLoad, HttpLoad, Keepalive, Stream, TestCgroup, Topology, UdpAddressing, UdpLoad, UdpSockets, require_root,
-    server_bin,
+    BpfPinDir, HoldLoad, HttpLoad, Keepalive, Stream, TestCgroup, Topology, UdpAddressing, UdpLoad, UdpSockets,
+    require_root, server_bin,
 };
 
 const HTTP_PORT: u16 = 8080;
@@ -162,6 +162,28 @@ fn nsenter_keeps_host_bpffs_and_cgroup2_visible() {
     cmd.args(["-o", "link", "show", &topo.uplink]);
     let out = topo.node.spawn_command(cmd, "ip").unwrap().finish(Duration::from_secs(10)).unwrap();
     assert!(out.stdout.contains(&topo.uplink), "{out:?}");
+}
+
+#[test]
+fn veths_have_tx_checksum_offload_off() {
+    require_root();
+    let topo = Topology::build("bt-csum", 1).unwrap();
+    let ends =
+        [(&topo.client, &topo.client_if), (&topo.node, &topo.uplink), (&topo.backend(0).ns, &topo.backend(0).if_name)];
+    for (ns, dev) in ends {
+        let features = ns.exec(&["ethtool", "-k", dev]).unwrap();
+        assert!(features.lines().any(|l| l.trim() == "tx-checksumming: off"), "{dev}: {features}");
+    }
+}
+
+#[test]
+fn bpf_pin_dir_is_removed_with_its_contents() {
+    require_root();
+    let dir = BpfPinDir::create("bt-pin").unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let path = dir.path().to_owned();
+    drop(dir);
+    assert!(!path.exists(), "{} left behind", path.display());
 }
 
 #[test]

@@ -28,7 +28,11 @@ fn agent_bin() -> PathBuf {
     // target/<profile>/deps/<this test> → target/<profile>/berth-agent
     let exe = std::env::current_exe().expect("current_exe");
     let bin = exe.parent().and_then(Path::parent).expect("target dir").join("berth-agent");
-    assert!(bin.exists(), "{} missing: build it first (cargo build -p berth-agent) or set BERTH_AGENT_BIN", bin.display());
+    assert!(
+        bin.exists(),
+        "{} missing: build it first (cargo build -p berth-agent) or set BERTH_AGENT_BIN",
+        bin.display()
+    );
     bin
 }
 
@@ -47,7 +51,8 @@ impl Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("services.yaml");
         std::fs::write(&config, config_yaml).expect("write config");
-        let mut agent = Agent { child: None, node_name: node.name().to_owned(), config, instance: instance.to_owned(), _dir: dir };
+        let mut agent =
+            Agent { child: None, node_name: node.name().to_owned(), config, instance: instance.to_owned(), _dir: dir };
         agent.spawn(node);
         agent
     }
@@ -195,7 +200,9 @@ fn wrr_split_is_exact_udp_replies_come_from_the_vip_and_other_traffic_is_untouch
     let server = server_bin!();
     let _servers = server.serve_backends(&topo, 8080, Some(8080)).expect("servers");
     let inst = instance("wrr");
-    let backends = backend_yaml(&topo, 0, 1, "active") + &backend_yaml(&topo, 1, 2, "active") + &backend_yaml(&topo, 2, 3, "active");
+    let backends = backend_yaml(&topo, 0, 1, "active")
+        + &backend_yaml(&topo, 1, 2, "active")
+        + &backend_yaml(&topo, 2, 3, "active");
     let services = service_yaml("web", 80, "TCP", "wrr", &backends) + &service_yaml("dns", 53, "UDP", "wrr", &backends);
     let agent = Agent::start(&topo.node, &config(&topo, &inst, &services), &inst);
 
@@ -204,22 +211,35 @@ fn wrr_split_is_exact_udp_replies_come_from_the_vip_and_other_traffic_is_untouch
     load.concurrency = 1;
     let s = server.run(&PinnedCpu0(&topo.client), &load).expect("http load");
     assert_all_ok("wrr", &s);
-    assert_eq!(counts(&s), BTreeMap::from([("b0".into(), 100), ("b1".into(), 200), ("b2".into(), 300)]), "1:2:3 over 600 flows on one CPU");
+    assert_eq!(
+        counts(&s),
+        BTreeMap::from([("b0".into(), 100), ("b1".into(), 200), ("b2".into(), 300)]),
+        "1:2:3 over 600 flows on one CPU"
+    );
     assert_eq!(s.peer_addrs.iter().cloned().collect::<Vec<_>>(), vec![format!("{VIP}:80")], "getpeername is the VIP");
 
     let udp = server.run(&topo.client, &UdpLoad::new(SocketAddr::from((VIP, 53)), 30)).expect("udp load");
     assert_all_ok("udp", &udp);
-    assert_eq!(udp.peer_addrs.iter().cloned().collect::<Vec<_>>(), vec![format!("{VIP}:53")], "UDP replies come from the VIP");
+    assert_eq!(
+        udp.peer_addrs.iter().cloned().collect::<Vec<_>>(),
+        vec![format!("{VIP}:53")],
+        "UDP replies come from the VIP"
+    );
 
     // Not a Service: a backend's own address and a VIP port with no Service.
-    let direct = server.run(&topo.client, &HttpLoad::new(format!("http://{}:8080/", topo.backend(1).addr), 20)).expect("direct");
+    let direct =
+        server.run(&topo.client, &HttpLoad::new(format!("http://{}:8080/", topo.backend(1).addr), 20)).expect("direct");
     assert_all_ok("direct", &direct);
     assert_eq!(counts(&direct), BTreeMap::from([("b1".into(), 20)]));
 
     let m = agent.admin_get("/metrics");
     assert!(m.contains("200 OK"), "{m}");
     assert_eq!(metric(&m, "berth_service_new_flows_total", &["service=\"web\""]), 600, "{m}");
-    assert_eq!(metric(&m, "berth_backend_new_flows_total", &["service=\"web\"", "backend=\"198.18.3.2:8080\""]), 300, "{m}");
+    assert_eq!(
+        metric(&m, "berth_backend_new_flows_total", &["service=\"web\"", "backend=\"198.18.3.2:8080\""]),
+        300,
+        "{m}"
+    );
     assert!(agent.admin_get("/readyz").contains("200 OK"));
 }
 
@@ -230,8 +250,11 @@ fn maglev_and_random_spread_flows_over_all_backends() {
     let server = server_bin!();
     let _servers = server.serve_backends(&topo, 8080, None).expect("servers");
     let inst = instance("mag");
-    let weighted = backend_yaml(&topo, 0, 1, "active") + &backend_yaml(&topo, 1, 1, "active") + &backend_yaml(&topo, 2, 2, "active");
-    let services = service_yaml("hash", 80, "TCP", "maglev", &weighted) + &service_yaml("rand", 81, "TCP", "random", &weighted);
+    let weighted = backend_yaml(&topo, 0, 1, "active")
+        + &backend_yaml(&topo, 1, 1, "active")
+        + &backend_yaml(&topo, 2, 2, "active");
+    let services =
+        service_yaml("hash", 80, "TCP", "maglev", &weighted) + &service_yaml("rand", 81, "TCP", "random", &weighted);
     let _agent = Agent::start(&topo.node, &config(&topo, &inst, &services), &inst);
     for port in [80, 81] {
         let mut load = HttpLoad::new(url(port), 800);
@@ -263,7 +286,9 @@ fn long_flow_survives_reloads_and_a_terminating_backend_gets_no_new_flows() {
     let hold = server.start(&topo.client, &HoldLoad::new(url(80), Duration::from_secs(4))).expect("hold");
     std::thread::sleep(Duration::from_millis(500));
     // b0 starts draining, b1 and b2 join; then b2 leaves again.
-    let draining = backend_yaml(&topo, 0, 1, "terminating") + &backend_yaml(&topo, 1, 1, "active") + &backend_yaml(&topo, 2, 1, "active");
+    let draining = backend_yaml(&topo, 0, 1, "terminating")
+        + &backend_yaml(&topo, 1, 1, "active")
+        + &backend_yaml(&topo, 2, 1, "active");
     agent.reload(&config(&topo, &inst, &service_yaml("web", 80, "TCP", "wrr", &draining)));
     let mut fresh = HttpLoad::new(url(80), 200);
     fresh.keepalive = Keepalive::Off;
@@ -293,7 +318,8 @@ fn reloads_and_agent_restarts_under_load_fail_no_request() {
     let _servers = server.serve_backends(&topo, 8080, None).expect("servers");
     let inst = instance("load");
     let two = backend_yaml(&topo, 0, 1, "active") + &backend_yaml(&topo, 1, 1, "active");
-    let mut agent = Agent::start(&topo.node, &config(&topo, &inst, &service_yaml("web", 80, "TCP", "wrr", &two)), &inst);
+    let mut agent =
+        Agent::start(&topo.node, &config(&topo, &inst, &service_yaml("web", 80, "TCP", "wrr", &two)), &inst);
 
     let mut load = HttpLoad::new(url(80), 3000);
     load.keepalive = Keepalive::Off;
@@ -302,9 +328,15 @@ fn reloads_and_agent_restarts_under_load_fail_no_request() {
     // Grow, re-weight, drain and shrink while requests flow; then restart
     // the agent twice. A backend is removed only after draining.
     let steps = [
-        backend_yaml(&topo, 0, 1, "active") + &backend_yaml(&topo, 1, 1, "active") + &backend_yaml(&topo, 2, 1, "active"),
-        backend_yaml(&topo, 0, 3, "active") + &backend_yaml(&topo, 1, 1, "active") + &backend_yaml(&topo, 2, 2, "active"),
-        backend_yaml(&topo, 0, 1, "active") + &backend_yaml(&topo, 1, 1, "active") + &backend_yaml(&topo, 2, 1, "terminating"),
+        backend_yaml(&topo, 0, 1, "active")
+            + &backend_yaml(&topo, 1, 1, "active")
+            + &backend_yaml(&topo, 2, 1, "active"),
+        backend_yaml(&topo, 0, 3, "active")
+            + &backend_yaml(&topo, 1, 1, "active")
+            + &backend_yaml(&topo, 2, 2, "active"),
+        backend_yaml(&topo, 0, 1, "active")
+            + &backend_yaml(&topo, 1, 1, "active")
+            + &backend_yaml(&topo, 2, 1, "terminating"),
     ];
     for step in &steps {
         agent.reload(&config(&topo, &inst, &service_yaml("web", 80, "TCP", "wrr", step)));
@@ -331,8 +363,10 @@ fn socket_lb_translates_at_connect_and_shows_the_vip() {
     let cgroup = TestCgroup::create("sock").expect("cgroup2 dir");
     let inst = instance("sock");
     let backends = backend_yaml(&topo, 0, 1, "active") + &backend_yaml(&topo, 1, 1, "active");
-    let services = service_yaml("web", 80, "TCP", "wrr", &backends) + &service_yaml("dns", 53, "UDP", "random", &backends);
-    let cfg = config(&topo, &inst, &services).replace("services:\n", &format!("socket_lb_cgroup: {}\nservices:\n", cgroup.path().display()));
+    let services =
+        service_yaml("web", 80, "TCP", "wrr", &backends) + &service_yaml("dns", 53, "UDP", "random", &backends);
+    let cfg = config(&topo, &inst, &services)
+        .replace("services:\n", &format!("socket_lb_cgroup: {}\nservices:\n", cgroup.path().display()));
     let _agent = Agent::start(&topo.node, &cfg, &inst);
 
     // A process on the node, inside the cgroup: no XDP on its path.
@@ -342,11 +376,19 @@ fn socket_lb_translates_at_connect_and_shows_the_vip() {
     assert_all_ok("socket LB", &s);
     assert_eq!(counts(&s), BTreeMap::from([("b0".into(), 50), ("b1".into(), 50)]));
     assert_eq!(s.peer_addrs.iter().cloned().collect::<Vec<_>>(), vec![format!("{VIP}:80")], "getpeername() is the VIP");
-    assert!(s.client_ips.iter().all(|ip| ip.starts_with("198.18.")), "backends saw the node's own address: {:?}", s.client_ips);
+    assert!(
+        s.client_ips.iter().all(|ip| ip.starts_with("198.18.")),
+        "backends saw the node's own address: {:?}",
+        s.client_ips
+    );
 
     let udp = server.run(&cgroup.within(&topo.node), &UdpLoad::new(SocketAddr::from((VIP, 53)), 20)).expect("udp");
     assert_all_ok("socket LB UDP", &udp);
-    assert_eq!(udp.peer_addrs.iter().cloned().collect::<Vec<_>>(), vec![format!("{VIP}:53")], "UDP replies come from the VIP");
+    assert_eq!(
+        udp.peer_addrs.iter().cloned().collect::<Vec<_>>(),
+        vec![format!("{VIP}:53")],
+        "UDP replies come from the VIP"
+    );
 
     // Outside the cgroup the node's processes are not balanced by sockets.
     let outside = server.run(&topo.node, &HttpLoad::new(url(80), 3)).expect("outside");
@@ -360,11 +402,28 @@ fn bad_files_are_rejected_with_field_and_reason_and_change_nothing() {
     let inst = instance("bad");
     let ok_backend = backend_yaml(&topo, 0, 1, "active");
     let cases = [
-        ("unknown field", service_yaml("web", 80, "TCP", "wrr", &ok_backend).replace("    port: 80\n", "    port: 80\n    wieght: 2\n"), "wieght"),
-        ("bad address", service_yaml("web", 80, "TCP", "wrr", &ok_backend).replace(&VIP.to_string(), "198.19.0.300"), "vip"),
+        (
+            "unknown field",
+            service_yaml("web", 80, "TCP", "wrr", &ok_backend)
+                .replace("    port: 80\n", "    port: 80\n    wieght: 2\n"),
+            "wieght",
+        ),
+        (
+            "bad address",
+            service_yaml("web", 80, "TCP", "wrr", &ok_backend).replace(&VIP.to_string(), "198.19.0.300"),
+            "vip",
+        ),
         ("port 0", service_yaml("web", 0, "TCP", "wrr", &ok_backend), "services[0].port"),
-        ("weight 0", service_yaml("web", 80, "TCP", "wrr", &backend_yaml(&topo, 0, 0, "active")), "services[0].backends[0].weight"),
-        ("duplicate Service", service_yaml("web", 80, "TCP", "wrr", &ok_backend) + &service_yaml("web2", 80, "TCP", "wrr", &ok_backend), "services[1]"),
+        (
+            "weight 0",
+            service_yaml("web", 80, "TCP", "wrr", &backend_yaml(&topo, 0, 0, "active")),
+            "services[0].backends[0].weight",
+        ),
+        (
+            "duplicate Service",
+            service_yaml("web", 80, "TCP", "wrr", &ok_backend) + &service_yaml("web2", 80, "TCP", "wrr", &ok_backend),
+            "services[1]",
+        ),
     ];
     let run_check = |yaml: &str, check: bool| {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -388,7 +447,8 @@ fn bad_files_are_rejected_with_field_and_reason_and_change_nothing() {
             assert!(!pins.path().exists(), "{what}: a rejected file must not touch the kernel");
         }
     }
-    let unknown_if = config(&topo, &inst, &service_yaml("web", 80, "TCP", "wrr", &ok_backend)).replace(&topo.uplink, "nosuchif0");
+    let unknown_if =
+        config(&topo, &inst, &service_yaml("web", 80, "TCP", "wrr", &ok_backend)).replace(&topo.uplink, "nosuchif0");
     let (code, stderr) = run_check(&unknown_if, false);
     assert_eq!(code, Some(64), "{stderr}");
     assert!(stderr.contains("uplink") && stderr.contains("nosuchif0"), "{stderr}");

@@ -14,7 +14,9 @@ use berth_agent::datapath::{
     Datapath, DatapathOptions, DesiredBackend, DesiredService, MapLimits, PinDir,
     schedule::{Algorithm, MaglevTableSize, Weight},
 };
-use berth_ebpf::abi::{BERTH_DROP_NO_BACKEND, BERTH_EV_MIDFLOW_MISS, BERTH_PASS_FRAGMENT, BERTH_PASS_MALFORMED, Protocol};
+use berth_ebpf::abi::{
+    BERTH_DROP_NO_BACKEND, BERTH_EV_MIDFLOW_MISS, BERTH_PASS_FRAGMENT, BERTH_PASS_MALFORMED, Protocol,
+};
 
 mod packet;
 use packet::{Ipv4Opts, Pkt, TcpFlags};
@@ -43,15 +45,33 @@ fn load(services: &[DesiredService]) -> Loaded {
     berth_tests::require_root();
     let instance = format!("table-{}", berth_tests::short_id());
     let pins = PinDir::new(std::path::Path::new("/sys/fs/bpf/berth-test"), &instance);
-    let limits = MapLimits { services: 64, backends: 256, schedule_slots: 1 << 16, conntrack: 4096, affinity: 256, sock_rev: 256 };
-    let mut dp = Datapath::load(DatapathOptions { pins: pins.clone(), limits, uplink: None, socket_lb_cgroup: None, stats: true })
-        .expect("loading berth (needs root, bpffs and a 5.x+ kernel)");
+    let limits = MapLimits {
+        services: 64,
+        backends: 256,
+        schedule_slots: 1 << 16,
+        conntrack: 4096,
+        affinity: 256,
+        sock_rev: 256,
+    };
+    let mut dp = Datapath::load(DatapathOptions {
+        pins: pins.clone(),
+        limits,
+        uplink: None,
+        socket_lb_cgroup: None,
+        stats: true,
+    })
+    .expect("loading berth (needs root, bpffs and a 5.x+ kernel)");
     dp.apply(services).expect("programming services");
     Loaded { dp, pins }
 }
 
 fn backend(last: u8, weight: u32) -> DesiredBackend {
-    DesiredBackend { addr: Ipv4Addr::new(198, 18, last, 2), port: 8080, weight: Weight::new(weight).expect("weight"), terminating: false }
+    DesiredBackend {
+        addr: Ipv4Addr::new(198, 18, last, 2),
+        port: 8080,
+        weight: Weight::new(weight).expect("weight"),
+        terminating: false,
+    }
 }
 
 fn service(port: u16, protocol: Protocol, algorithm: Algorithm, backends: Vec<DesiredBackend>) -> DesiredService {
@@ -68,14 +88,13 @@ fn service(port: u16, protocol: Protocol, algorithm: Algorithm, backends: Vec<De
 }
 
 fn run(l: &mut Loaded, input: &[u8]) -> (u32, Vec<u8>) {
-    let xdp: &Xdp = l
-        .dp
-        .objects_mut()
-        .xdp
-        .program(berth_ebpf::programs::XDP_LB)
-        .expect("xdp program")
-        .try_into()
-        .expect("an XDP program");
+    let xdp: &Xdp =
+        l.dp.objects_mut()
+            .xdp
+            .program(berth_ebpf::programs::XDP_LB)
+            .expect("xdp program")
+            .try_into()
+            .expect("an XDP program");
     let mut out = vec![0u8; input.len() + 256];
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(input);
@@ -256,7 +275,8 @@ fn wrr_new_flows_follow_the_smooth_sequence_exactly() {
 
 #[test]
 fn flows_stick_to_their_backend_and_maglev_is_deterministic() {
-    let mut l = load(&[service(80, Protocol::Tcp, Algorithm::Maglev, vec![backend(1, 1), backend(2, 1), backend(3, 1)])]);
+    let mut l =
+        load(&[service(80, Protocol::Tcp, Algorithm::Maglev, vec![backend(1, 1), backend(2, 1), backend(3, 1)])]);
     let mut seen = BTreeMap::new();
     for i in 0..200u16 {
         let (_, out) = run(&mut l, &tcp(42000 + i, 80, TcpFlags::SYN).build());
@@ -310,6 +330,9 @@ fn verifier_instruction_counts_are_recorded() {
         let base: u32 = n.parse().expect("count");
         let now = counts.iter().find(|(p, _)| *p == name).map(|(_, n)| *n).expect("program still exists");
         // Growth beyond 10% must be a deliberate baseline update.
-        assert!(now <= base + base / 10, "{name}: {now} verified instructions, baseline {base}; update tests/verifier-insns.txt");
+        assert!(
+            now <= base + base / 10,
+            "{name}: {now} verified instructions, baseline {base}; update tests/verifier-insns.txt"
+        );
     }
 }

@@ -13,6 +13,7 @@
 mod codegen;
 mod process;
 mod setup;
+mod up;
 
 use std::{
     ffi::OsString,
@@ -63,8 +64,12 @@ enum Task {
     /// setup, release build, then run `berth-agent demo` (a single-node
     /// cluster on this machine). Arguments after `--` go to `demo`.
     Up {
-        #[arg(last = true)]
-        args: Vec<OsString>,
+        /// Requests to send through the VIP.
+        #[arg(long, default_value_t = 400)]
+        requests: u64,
+        /// Remove everything after the demo instead of waiting for Ctrl-C.
+        #[arg(long)]
+        exit: bool,
     },
 }
 
@@ -88,7 +93,7 @@ fn main() -> anyhow::Result<()> {
         Task::Lint => lint(&root),
         Task::Test { test_threads, args } => test(&root, test_threads, &args),
         Task::Build => build(),
-        Task::Up { args } => up(&root, &args),
+        Task::Up { requests, exit } => up(&root, requests, exit),
     }
 }
 
@@ -157,14 +162,6 @@ fn build() -> anyhow::Result<()> {
 /// `berth-agent demo <args>` (the agent owns what "demo" starts; exec so that
 /// signals such as Ctrl-C reach the agent directly, not a parent that would
 /// have to forward them).
-fn up(root: &Path, args: &[OsString]) -> anyhow::Result<()> {
-    use std::os::unix::process::CommandExt;
-
-    build()?;
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let agent = target_dir.join("release").join("berth-agent");
-    eprintln!("[xtask] exec {} demo", agent.display());
-    // exec only returns on failure.
-    let err = std::process::Command::new(&agent).arg("demo").args(args).exec();
-    Err(err).with_context(|| format!("exec {} demo", agent.display()))
+fn up(root: &Path, requests: u64, exit: bool) -> anyhow::Result<()> {
+    up::run_demo(root, requests, exit)
 }

@@ -18,8 +18,7 @@
 
 use std::{
     collections::BTreeSet,
-    fs,
-    io,
+    fs, io,
     os::{fd::AsFd, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
 };
@@ -28,8 +27,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::MapData,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
-        links::FdLink, tc::TcAttachOptions,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink,
+        tc::TcAttachOptions,
     },
 };
 use berth_ebpf::{abi, globals, programs};
@@ -213,7 +212,7 @@ pub struct Loaded {
 fn is_bpffs(path: &Path) -> bool {
     // statfs f_type BPF_FS_MAGIC; a missing path is "not bpffs".
     const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
 }
 
 /// Loads the three objects against the instance's pinned maps (created on
@@ -410,9 +409,7 @@ fn attach_one(loaded: &mut Loaded, pin: &Path, point: &AttachPoint) -> Result<At
         AttachPoint::TcEgress { .. } => ("tc_rev_nat", &mut loaded.tc),
         AttachPoint::Cgroup { .. } => ("sock_lb", &mut loaded.sock),
     };
-    let program = ebpf
-        .program_mut(program_name)
-        .ok_or(LoadError::MissingProgram { object, program: program_name })?;
+    let program = ebpf.program_mut(program_name).ok_or(LoadError::MissingProgram { object, program: program_name })?;
     let prog_err = |source| LoadError::Program { program: program_name, source };
     let attach_err = |source| LoadError::Attach { program: program_name, target: point.describe(), source };
 

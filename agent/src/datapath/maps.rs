@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use berth_ebpf::abi::{
-    berth_affinity_key, berth_affinity_value, berth_backend, berth_sock_rev_key, berth_sock_rev_value, berth_ct_key, berth_ct_value, berth_schedule_key, berth_service_key, berth_service_value,
-    berth_traffic_stats,
+    berth_affinity_key, berth_affinity_value, berth_backend, berth_ct_key, berth_ct_value, berth_schedule_key,
+    berth_service_key, berth_service_value, berth_sock_rev_key, berth_sock_rev_value, berth_traffic_stats,
 };
 
 use super::loader::PinDir;

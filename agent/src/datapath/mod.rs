@@ -98,13 +98,19 @@ impl Datapath {
         let limits = options.limits;
         let (table, garbage) = Table::recover(limits.services, limits.backends, limits.schedule_slots, recovered);
         for key in &garbage.slots {
-            remove_ignoring_missing(maps.schedule.remove(key)).map_err(|source| map_op("berth_schedule_v1", "delete stale slot", source))?;
+            remove_ignoring_missing(maps.schedule.remove(key))
+                .map_err(|source| map_op("berth_schedule_v1", "delete stale slot", source))?;
         }
         for key in &garbage.services {
-            remove_ignoring_missing(maps.services.remove(key)).map_err(|source| map_op("berth_services_v1", "delete stale service", source))?;
+            remove_ignoring_missing(maps.services.remove(key))
+                .map_err(|source| map_op("berth_services_v1", "delete stale service", source))?;
         }
         let ncpus = aya::util::nr_cpus().map_err(|(_, io_error)| {
-            map_op("berth_svc_stats_v1", "count CPUs", MapError::SyscallError(aya::sys::SyscallError { call: "nr_cpus", io_error }))
+            map_op(
+                "berth_svc_stats_v1",
+                "count CPUs",
+                MapError::SyscallError(aya::sys::SyscallError { call: "nr_cpus", io_error }),
+            )
         })?;
         Ok(Self { options, loaded, maps, table, attached: Vec::new(), ncpus, instruction_counts })
     }
@@ -178,9 +184,13 @@ fn read_recovered(maps: &Maps, max_backends: u32) -> Result<reconcile::Recovered
     Ok(rec)
 }
 
-fn per_cpu_zero<T: aya::Pod + Default>(name: &'static str, ncpus: usize) -> Result<aya::maps::PerCpuValues<T>, MapsError> {
-    aya::maps::PerCpuValues::try_from(vec![T::default(); ncpus])
-        .map_err(|io_error| map_op(name, "zero", MapError::SyscallError(aya::sys::SyscallError { call: "nr_cpus", io_error })))
+fn per_cpu_zero<T: aya::Pod + Default>(
+    name: &'static str,
+    ncpus: usize,
+) -> Result<aya::maps::PerCpuValues<T>, MapsError> {
+    aya::maps::PerCpuValues::try_from(vec![T::default(); ncpus]).map_err(|io_error| {
+        map_op(name, "zero", MapError::SyscallError(aya::sys::SyscallError { call: "nr_cpus", io_error }))
+    })
 }
 
 /// The kernel implementation of the update protocol's writes.
@@ -201,7 +211,8 @@ impl reconcile::MapWriter for KernelMaps<'_> {
     }
 
     fn delete_slot(&mut self, key: &berth_schedule_key) -> Result<(), MapsError> {
-        remove_ignoring_missing(self.maps.schedule.remove(key)).map_err(|e| map_op("berth_schedule_v1", "delete slot", e))
+        remove_ignoring_missing(self.maps.schedule.remove(key))
+            .map_err(|e| map_op("berth_schedule_v1", "delete slot", e))
     }
 
     fn put_service(&mut self, key: &berth_service_key, value: &berth_service_value) -> Result<(), MapsError> {
@@ -209,7 +220,8 @@ impl reconcile::MapWriter for KernelMaps<'_> {
     }
 
     fn delete_service(&mut self, key: &berth_service_key) -> Result<(), MapsError> {
-        remove_ignoring_missing(self.maps.services.remove(key)).map_err(|e| map_op("berth_services_v1", "delete service", e))
+        remove_ignoring_missing(self.maps.services.remove(key))
+            .map_err(|e| map_op("berth_services_v1", "delete service", e))
     }
 
     fn reset_service_counters(&mut self, id: ServiceId) -> Result<(), MapsError> {

@@ -284,7 +284,9 @@ impl Table {
         let mut slots: BTreeMap<(u32, u8), Vec<(u32, u32)>> = BTreeMap::new();
         for (key, backend) in from.slots {
             match by_id.get(&key.svc_id) {
-                Some(_) if key.epoch <= 1 => slots.entry((key.svc_id, key.epoch)).or_default().push((key.slot, backend)),
+                Some(_) if key.epoch <= 1 => {
+                    slots.entry((key.svc_id, key.epoch)).or_default().push((key.slot, backend))
+                }
                 _ => garbage.slots.push(key),
             }
         }
@@ -296,8 +298,7 @@ impl Table {
             if epoch == entry.value.epoch {
                 // A hole in the current schedule is unusable: rewrite it.
                 let dense = list.len() as u32 == len && len == entry.value.sched_len;
-                entry.schedule =
-                    if dense { list.into_iter().map(|(_, b)| BackendId(b)).collect() } else { Vec::new() };
+                entry.schedule = if dense { list.into_iter().map(|(_, b)| BackendId(b)).collect() } else { Vec::new() };
                 if !dense {
                     entry.value.sched_len = u32::MAX; // forces a rewrite
                 }
@@ -425,11 +426,14 @@ impl Table {
         if pool.is_empty() {
             pool = eligible(BackendState::Terminating);
         }
-        let members: Vec<schedule::Member> =
-            pool.iter().map(|((addr, port), slot)| schedule::Member { addr: *addr, port: *port, weight: slot.weight }).collect();
+        let members: Vec<schedule::Member> = pool
+            .iter()
+            .map(|((addr, port), slot)| schedule::Member { addr: *addr, port: *port, weight: slot.weight })
+            .collect();
         let indices = schedule::build(want.algorithm, &members, want.maglev_table_size);
         let new_schedule: Vec<BackendId> = indices.iter().map(|&i| pool[i].1.id).collect();
-        let active = entry.backends.iter().filter(|(k, s)| wanted_keys.contains(k) && s.state == BackendState::Active).count();
+        let active =
+            entry.backends.iter().filter(|(k, s)| wanted_keys.contains(k) && s.state == BackendState::Active).count();
         let terminating = entry
             .backends
             .iter()
@@ -462,7 +466,8 @@ impl Table {
                 return Err(ApplyError::ScheduleFull { service: want.name.clone(), need, limit: *schedule_limit });
             }
             for (slot, backend) in new_schedule.iter().enumerate() {
-                let key = berth_schedule_key { svc_id: entry.id.0, slot: slot as u32, epoch: target.epoch, pad: [0; 3] };
+                let key =
+                    berth_schedule_key { svc_id: entry.id.0, slot: slot as u32, epoch: target.epoch, pad: [0; 3] };
                 if let Err(e) = maps.put_slot(&key, *backend) {
                     // Keep the view exact: the other epoch now holds at least
                     // the slots written so far.
@@ -482,7 +487,8 @@ impl Table {
         // A new Service is always written, even with nothing to schedule: its
         // VIP must answer (drop, counted) rather than fall through.
         if is_new || target != entry.value {
-            maps.put_service(&berth_service_key::new(addr.vip, addr.port, addr.protocol), &target).map_err(write_err)?;
+            maps.put_service(&berth_service_key::new(addr.vip, addr.port, addr.protocol), &target)
+                .map_err(write_err)?;
             if schedule_changed {
                 entry.other_epoch_len = entry.schedule.len() as u32;
                 entry.schedule = new_schedule;
@@ -493,7 +499,8 @@ impl Table {
 
         // 4. Backends that left the Service: REMOVED only now that no
         // schedule names them. Their flows are re-balanced by the kernel.
-        let leaving: Vec<(Ipv4Addr, u16)> = entry.backends.keys().filter(|k| !wanted_keys.contains(k)).copied().collect();
+        let leaving: Vec<(Ipv4Addr, u16)> =
+            entry.backends.keys().filter(|k| !wanted_keys.contains(k)).copied().collect();
         for key in leaving {
             if let Some(slot) = entry.backends.get(&key) {
                 let value = berth_backend::new(key.0, key.1, BackendState::Removed, slot.generation, entry.id);

@@ -32,10 +32,9 @@ impl Fake {
     fn check_consistent(&self) {
         for v in self.services.values() {
             for slot in 0..v.sched_len {
-                let backend = self
-                    .slots
-                    .get(&(v.svc_id, v.epoch, slot))
-                    .unwrap_or_else(|| panic!("svc {} epoch {} slot {slot} missing after {:?}", v.svc_id, v.epoch, self.ops.last()));
+                let backend = self.slots.get(&(v.svc_id, v.epoch, slot)).unwrap_or_else(|| {
+                    panic!("svc {} epoch {} slot {slot} missing after {:?}", v.svc_id, v.epoch, self.ops.last())
+                });
                 let be = self.backends.get(backend).expect("slot names an unwritten backend");
                 assert!(
                     matches!(be.backend_state(), BackendState::Active | BackendState::Terminating),
@@ -95,7 +94,12 @@ impl MapWriter for Fake {
 }
 
 fn backend(last: u8, weight: u32) -> DesiredBackend {
-    DesiredBackend { addr: Ipv4Addr::new(198, 18, 1, last), port: 8080, weight: Weight::new(weight).expect("nonzero"), terminating: false }
+    DesiredBackend {
+        addr: Ipv4Addr::new(198, 18, 1, last),
+        port: 8080,
+        weight: Weight::new(weight).expect("nonzero"),
+        terminating: false,
+    }
 }
 
 fn service(name: &str, backends: Vec<DesiredBackend>) -> DesiredService {
@@ -119,7 +123,8 @@ fn table() -> Table {
 fn first_apply_writes_backends_then_slots_then_service() {
     let mut fake = Fake::default();
     let mut t = table();
-    let report = t.apply(&mut fake, &[service("web", vec![backend(2, 1), backend(3, 1), backend(4, 2)])]).expect("apply");
+    let report =
+        t.apply(&mut fake, &[service("web", vec![backend(2, 1), backend(3, 1), backend(4, 2)])]).expect("apply");
     assert_eq!(report.services_added, 1);
     assert_eq!(report.backends_added, 3);
     assert_eq!(report.slots_written, 4);
@@ -262,7 +267,9 @@ fn recovery_rebuilds_the_view_and_the_next_apply_is_a_no_op() {
         slots: fake
             .slots
             .iter()
-            .map(|((svc_id, epoch, slot), b)| (berth_schedule_key { svc_id: *svc_id, slot: *slot, epoch: *epoch, pad: [0; 3] }, *b))
+            .map(|((svc_id, epoch, slot), b)| {
+                (berth_schedule_key { svc_id: *svc_id, slot: *slot, epoch: *epoch, pad: [0; 3] }, *b)
+            })
             .collect(),
     };
     let (mut t2, garbage) = Table::recover(16, 64, 100_000, recovered);
