@@ -54,3 +54,10 @@ fn unknown_interfaces_are_rejected() {
     let e = StandaloneConfig::from_yaml("t.yaml", OK, &checks).expect_err("unknown uplink").to_string();
     assert!(e.contains("uplink") && e.contains("eth0"), "{e}");
 }
+
+#[test]
+fn the_shipped_example_is_valid() {
+    let text = include_str!("../../../examples/standalone.yaml");
+    let c = parse(text).expect("examples/standalone.yaml must stay valid");
+    assert_eq!(c.services.len(), 3);
+}
