@@ -332,7 +332,7 @@ impl ServiceSpec {
 // ---- The file as written -------------------------------------------------
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a mapping of standalone settings (uplink, services, ...)")]
 struct RawConfig {
     #[serde(default)]
     instance: Option<String>,
@@ -348,7 +348,7 @@ struct RawConfig {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a mapping of map sizes")]
 struct RawLimits {
     services: Option<i64>,
     backends: Option<i64>,
@@ -359,7 +359,7 @@ struct RawLimits {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a Service (name, vip, port, backends, ...)")]
 struct RawService {
     name: String,
     vip: String,
@@ -379,7 +379,7 @@ struct RawService {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a backend (address, port, weight, state)")]
 struct RawBackend {
     address: String,
     port: i64,
@@ -412,7 +412,9 @@ enum RawAffinity {
 ///
 /// A field with a problem gets a placeholder value so that validation can go
 /// on and find the other problems; the config built is thrown away whenever
-/// a problem was recorded, so placeholders never escape.
+/// a problem was recorded, so placeholders never escape. Duplicate checks
+/// skip entries whose address or port is a placeholder ([`AddressOk`]), or
+/// two bad VIPs would be reported as duplicates of each other.
 struct Validator<'a> {
     problems: Vec<ConfigProblem>,
     checks: &'a Checks,
@@ -440,9 +442,10 @@ impl Validator<'_> {
                 DEFAULT_METRICS_ADDRESS
             }),
         };
-        let services: Vec<ServiceSpec> =
+        let checked: Vec<(ServiceSpec, AddressOk)> =
             raw.services.into_iter().enumerate().map(|(i, s)| self.service(&format!("services[{i}]"), s)).collect();
-        self.duplicate_services(&services);
+        self.duplicate_services(&checked);
+        let services: Vec<ServiceSpec> = checked.into_iter().map(|(s, _)| s).collect();
         let limits = self.limits(&raw.limits, &services);
         StandaloneConfig { instance, uplink: raw.uplink, socket_lb_cgroup, metrics_address, limits, services }
     }
@@ -470,12 +473,14 @@ impl Validator<'_> {
         path
     }
 
-    fn service(&mut self, path: &str, raw: RawService) -> ServiceSpec {
+    fn service(&mut self, path: &str, raw: RawService) -> (ServiceSpec, AddressOk) {
         if let Some(reason) = service_name_problem(&raw.name) {
             self.problem(format!("{path}.name"), reason);
         }
+        let before = self.problems.len();
         let vip = self.ipv4(&format!("{path}.vip"), &raw.vip, AddressRole::Vip);
         let port = self.port(&format!("{path}.port"), raw.port);
+        let addr_ok = AddressOk(self.problems.len() == before);
         let protocol = match raw.protocol.unwrap_or(RawProtocol::Tcp) {
             RawProtocol::Tcp => Protocol::Tcp,
             RawProtocol::Udp => Protocol::Udp,
@@ -486,13 +491,14 @@ impl Validator<'_> {
             Some(size) => self.maglev_table_size(&format!("{path}.maglev_table_size"), size, algorithm),
         };
         let affinity = self.affinity(path, raw.session_affinity, raw.affinity_timeout_seconds);
-        let backends: Vec<BackendSpec> = raw
+        let checked: Vec<(BackendSpec, AddressOk)> = raw
             .backends
             .into_iter()
             .enumerate()
             .map(|(j, b)| self.backend(&format!("{path}.backends[{j}]"), b))
             .collect();
-        self.duplicate_backends(path, &backends);
+        self.duplicate_backends(path, &checked);
+        let backends: Vec<BackendSpec> = checked.into_iter().map(|(b, _)| b).collect();
         let spec =
             ServiceSpec { name: raw.name, vip, port, protocol, algorithm, maglev_table_size, affinity, backends };
         if spec.algorithm == Algorithm::Maglev {
@@ -507,7 +513,7 @@ impl Validator<'_> {
                 );
             }
         }
-        spec
+        (spec, addr_ok)
     }
 
     fn maglev_table_size(&mut self, path: &str, size: i64, algorithm: Algorithm) -> MaglevTableSize {
@@ -547,9 +553,11 @@ impl Validator<'_> {
         if client_ip { Affinity::ClientIp { timeout_s } } else { Affinity::None }
     }
 
-    fn backend(&mut self, path: &str, raw: RawBackend) -> BackendSpec {
+    fn backend(&mut self, path: &str, raw: RawBackend) -> (BackendSpec, AddressOk) {
+        let before = self.problems.len();
         let address = self.ipv4(&format!("{path}.address"), &raw.address, AddressRole::Backend);
         let port = self.port(&format!("{path}.port"), raw.port);
+        let addr_ok = AddressOk(self.problems.len() == before);
         let state = raw.state.unwrap_or_default();
         let raw_weight = raw.weight.unwrap_or(1);
         let weight = match u32::try_from(raw_weight) {
@@ -567,7 +575,7 @@ impl Validator<'_> {
                 Weight::ONE
             }
         };
-        BackendSpec { address, port, weight, state }
+        (BackendSpec { address, port, weight, state }, addr_ok)
     }
 
     fn port(&mut self, path: &str, port: i64) -> u16 {
@@ -619,10 +627,10 @@ impl Validator<'_> {
         addr
     }
 
-    fn duplicate_services(&mut self, services: &[ServiceSpec]) {
+    fn duplicate_services(&mut self, services: &[(ServiceSpec, AddressOk)]) {
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut addrs: HashMap<ServiceAddr, usize> = HashMap::new();
-        for (i, s) in services.iter().enumerate() {
+        for (i, (s, addr_ok)) in services.iter().enumerate() {
             // An empty name is already reported; do not report it twice.
             if !s.name.is_empty()
                 && let Some(first) = first_use(&mut names, s.name.as_str(), i)
@@ -632,19 +640,23 @@ impl Validator<'_> {
                     format!("duplicate Service name {:?} (first used by services[{first}])", s.name),
                 );
             }
-            if let Some(first) = first_use(&mut addrs, s.addr(), i) {
+            if addr_ok.0
+                && let Some(first) = first_use(&mut addrs, s.addr(), i)
+            {
                 self.problem(
                     format!("services[{i}]"),
-                    format!("{} is already used by services[{first}] ({:?})", s.addr(), services[first].name),
+                    format!("{} is already used by services[{first}] ({:?})", s.addr(), services[first].0.name),
                 );
             }
         }
     }
 
-    fn duplicate_backends(&mut self, path: &str, backends: &[BackendSpec]) {
+    fn duplicate_backends(&mut self, path: &str, backends: &[(BackendSpec, AddressOk)]) {
         let mut seen: HashMap<(Ipv4Addr, u16), usize> = HashMap::new();
-        for (j, b) in backends.iter().enumerate() {
-            if let Some(first) = first_use(&mut seen, (b.address, b.port), j) {
+        for (j, (b, addr_ok)) in backends.iter().enumerate() {
+            if addr_ok.0
+                && let Some(first) = first_use(&mut seen, (b.address, b.port), j)
+            {
                 self.problem(
                     format!("{path}.backends[{j}]"),
                     format!("duplicate backend {}:{} (first listed at backends[{first}])", b.address, b.port),
@@ -723,6 +735,10 @@ fn first_use<K: std::hash::Hash + Eq>(seen: &mut HashMap<K, usize>, key: K, inde
         }
     }
 }
+
+/// Whether an entry's address and port are real (not placeholders).
+#[derive(Clone, Copy)]
+struct AddressOk(bool);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum AddressRole {

@@ -255,8 +255,9 @@ fn reduce(weights: &mut [u64]) {
 /// differs from its weight share `sᵢ = wᵢ/S` by less than
 /// `(1 + n·sᵢ)/L`: each weight moves by less than one unit from its exact
 /// scaled value `wᵢ·T/S`, and all of them together by less than `n`. For 10
-/// backends that is under 0.3 percentage points; the bound only becomes loose
-/// when hundreds of backends with very unequal weights share the cap.
+/// backends that is under 0.3 percentage points; measured over 2000 random
+/// sets of up to 40 backends with weights up to 10⁶, the worst error was
+/// 0.033 percentage points.
 pub fn wrr_weights(weights: &[Weight]) -> Vec<u64> {
     let mut w: Vec<u64> = weights.iter().map(|w| u64::from(w.get())).collect();
     reduce(&mut w);
@@ -291,10 +292,22 @@ pub fn wrr_weights(weights: &[Weight]) -> Vec<u64> {
 /// Each step adds every backend's weight to its running score, picks the
 /// highest score and subtracts the total from it. Ties go to the lowest
 /// index, as in nginx (it replaces the best only on a strictly greater
-/// score). Weights 1:2:3 give `[2, 1, 0, 2, 1, 2]`. Every backend gets
-/// exactly its reduced weight in slots, and a backend whose weight is at most
-/// half the total never gets two slots in a row (also across the wrap from
-/// the last slot to the first).
+/// score). Weights 1:2:3 give `[2, 1, 0, 2, 1, 2]`; 5:1:1 give nginx's
+/// documented `a a b a c a a`.
+///
+/// What it guarantees: scores stay above `−total` (the picked score is the
+/// largest of scores summing to `total`, so it is positive before the
+/// subtraction). Hence after the first `t` slots backend `i` has fewer than
+/// `t·wᵢ/W + 1` of them, every backend gets exactly its reduced weight in
+/// slots, and the scores are back at zero after `W` slots, so the sequence
+/// repeats seamlessly when the kernel's cursor wraps.
+///
+/// What it does not guarantee: that a backend with at most half the weight
+/// never gets two slots in a row. With two backends it holds, but with more
+/// it does not: in 30:30:31:30:32:33 the last backend (18 % of the weight)
+/// gets two consecutive slots, and in 14:14:51:14:12 the middle one (49 %)
+/// gets three. Turns are still spread over the whole sequence, never in
+/// blocks of a backend's weight.
 pub fn wrr(weights: &[Weight]) -> Vec<usize> {
     let w = wrr_weights(weights);
     if w.iter().all(|&wi| wi == 1) {
@@ -337,10 +350,12 @@ fn maglev_permutation(member: &Member, m: u64) -> (u64, u64) {
 
 /// Weighted Maglev table of `size` slots (see the module docs).
 ///
-/// Measured on ten equal-weight backends at `M = 16381`: adding an eleventh
-/// moves 9.19 % of the slots, against the 9.09 % (1/11) that must move to
-/// give it its share; slot shares are within 0.01 percentage points of weight
-/// shares for up to 50 backends with weights 1–100.
+/// Measured at `M = 16381`: adding an eleventh backend to ten of equal
+/// weight moves 9.57 % of the slots, against the 9.09 % (1/11) that must
+/// move to give it its share (removing it again: also 9.57 %). Over 300
+/// random sets of 1–50 backends, the worst difference between a backend's
+/// slot share and its weight share was 0.013 percentage points with weights
+/// 1–100 and 0.012 with weights 1–65535.
 pub fn maglev(members: &[Member], size: MaglevTableSize) -> Vec<usize> {
     const EMPTY: usize = usize::MAX;
     let Some(w_max) = members.iter().map(|b| u64::from(b.weight.get())).max() else {
