@@ -177,6 +177,22 @@ impl Launch for PinnedCpu0<'_> {
     }
 }
 
+/// A process in the socket-LB cgroup on the node, pinned to CPU 0 (the WRR
+/// cursor is per CPU and socket LB runs on the caller's CPU).
+struct PinnedInCgroup<'a>(&'a TestCgroup, &'a Netns);
+
+impl Launch for PinnedInCgroup<'_> {
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = self.0.command_in(self.1, "taskset");
+        cmd.args(["-c", "0"]).arg(program);
+        cmd
+    }
+
+    fn spawn_command(&self, cmd: Command, label: &str) -> anyhow::Result<ChildGuard> {
+        self.1.spawn_command(cmd, label)
+    }
+}
+
 fn counts(s: &Summary) -> BTreeMap<String, u64> {
     s.by_backend.clone()
 }
@@ -372,7 +388,7 @@ fn socket_lb_translates_at_connect_and_shows_the_vip() {
     // A process on the node, inside the cgroup: no XDP on its path.
     let mut load = HttpLoad::new(url(80), 100);
     load.keepalive = Keepalive::Off;
-    let s = server.run(&cgroup.within(&topo.node), &load).expect("socket LB load");
+    let s = server.run(&PinnedInCgroup(&cgroup, &topo.node), &load).expect("socket LB load");
     assert_all_ok("socket LB", &s);
     assert_eq!(counts(&s), BTreeMap::from([("b0".into(), 50), ("b1".into(), 50)]));
     assert_eq!(s.peer_addrs.iter().cloned().collect::<Vec<_>>(), vec![format!("{VIP}:80")], "getpeername() is the VIP");
