@@ -1,0 +1,1 @@
+//! SVG line charts drawn by the bench itself (no plotting dependency).
