@@ -8,7 +8,7 @@
 //!
 //! # Limitations
 //! `setup` knows only Debian/Ubuntu (apt-get, dpkg-query) on x86_64 or
-//! aarch64; `bench` is not written yet.
+//! aarch64.
 
 mod codegen;
 mod process;
@@ -61,6 +61,16 @@ enum Task {
     },
     /// setup, then a release build of the workspace.
     Build,
+    /// setup, release build, then `berth-bench BENCH ARGS` (results under
+    /// bench/results/; a full run replaces the checked-in baseline there).
+    /// See docs/performance.md.
+    Bench {
+        /// packet, e2e, apply, or quick (every benchmark in quick mode, as CI).
+        bench: String,
+        /// Arguments for `berth-bench BENCH` (after `--`), e.g. `-- --quick`.
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
     /// setup, release build, then run `berth-agent demo` (a single-node
     /// cluster on this machine). Arguments after `--` go to `demo`.
     Up {
@@ -93,6 +103,7 @@ fn main() -> anyhow::Result<()> {
         Task::Lint => lint(&root),
         Task::Test { test_threads, args } => test(&root, test_threads, &args),
         Task::Build => build(),
+        Task::Bench { bench, args } => run_bench(&root, &bench, &args),
         Task::Up { requests, exit } => up(&root, requests, exit),
     }
 }
@@ -143,6 +154,44 @@ fn test(root: &Path, test_threads: usize, extra: &[OsString]) -> anyhow::Result<
         }
         cmd.args(cargo_args).arg("--").arg(format!("--test-threads={test_threads}")).args(libtest_args);
         run(&mut cmd)
+    })?;
+    // The benchmarks' quick mode, so their harness cannot rot: it checks that
+    // every peer produced a figure, not a speed. Skipped when the run was
+    // narrowed to some tests (extra arguments), like cargo would.
+    if extra.is_empty() {
+        let bin = target_dir(root).join("debug").join("berth-bench");
+        steps.step("berth-bench quick", || {
+            run(std::process::Command::new(&bin).arg("--results").arg(root.join("bench").join("results")).arg("quick"))
+        })?;
+    }
+    steps.done();
+    Ok(())
+}
+
+/// Where cargo puts build output (honours CARGO_TARGET_DIR).
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
+}
+
+fn run_bench(root: &Path, bench: &str, args: &[OsString]) -> anyhow::Result<()> {
+    if !["packet", "e2e", "apply", "quick"].contains(&bench) {
+        bail!("unknown benchmark {bench:?}: expected packet, e2e, apply or quick");
+    }
+    if !is_root() {
+        bail!("cargo xtask bench needs root: the benchmarks create network namespaces and load BPF programs");
+    }
+    let mut steps = Steps::new();
+    steps.step("setup", setup::run)?;
+    steps.step("cargo build --workspace --release --bins", || {
+        run(cargo().args(["build", "--workspace", "--release", "--bins"]))
+    })?;
+    let bin = target_dir(root).join("release").join("berth-bench");
+    steps.step(&format!("berth-bench {bench}"), || {
+        run(std::process::Command::new(&bin)
+            .arg("--results")
+            .arg(root.join("bench").join("results"))
+            .arg(bench)
+            .args(args))
     })?;
     steps.done();
     Ok(())
