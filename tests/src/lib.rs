@@ -34,6 +34,7 @@ pub mod driver;
 mod flags;
 pub mod mounts;
 pub mod netns;
+pub mod packet;
 pub mod process;
 pub mod server;
 pub mod summary;

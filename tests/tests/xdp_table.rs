@@ -18,8 +18,7 @@ use berth_ebpf::abi::{
     BERTH_DROP_NO_BACKEND, BERTH_EV_MIDFLOW_MISS, BERTH_PASS_FRAGMENT, BERTH_PASS_MALFORMED, Protocol,
 };
 
-mod packet;
-use packet::{Ipv4Opts, Pkt, TcpFlags};
+use berth_tests::packet::{self, Ipv4Opts, Pkt, TcpFlags};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;

@@ -4,7 +4,8 @@
 //! # Design
 //! One owner for kernel state: a [`Datapath`] holds the loaded objects, the
 //! map handles and the [`reconcile::Table`]; callers hand it complete desired
-//! states ([`Datapath::apply`]). It runs on a dedicated thread in the agent
+//! states ([`Datapath::apply`]) or changes to single Services
+//! ([`Datapath::upsert`], [`Datapath::remove`], [`Datapath::apply_changes`]). It runs on a dedicated thread in the agent
 //! (map writes are blocking syscalls). Start-up is: load objects against the
 //! pinned maps → recover the table from the maps → attach (swapping programs
 //! into existing links) → apply. Forwarding never stops across a restart:
@@ -123,6 +124,37 @@ impl Datapath {
     pub fn apply(&mut self, desired: &[DesiredService]) -> Result<ApplyReport, DatapathError> {
         let mut writer = KernelMaps { maps: &mut self.maps, ncpus: self.ncpus };
         Ok(self.table.apply(&mut writer, desired)?)
+    }
+
+    /// Programs the changes to some Services (see [`Table::apply_changes`]);
+    /// every other Service stays as it is. The cost does not grow with the
+    /// number of Services, unlike [`Datapath::apply`].
+    ///
+    /// # Errors
+    /// As [`Datapath::apply`].
+    pub fn apply_changes(
+        &mut self,
+        removed: &[ServiceAddr],
+        upserted: &[DesiredService],
+    ) -> Result<ApplyReport, DatapathError> {
+        let mut writer = KernelMaps { maps: &mut self.maps, ncpus: self.ncpus };
+        Ok(self.table.apply_changes(&mut writer, removed, upserted)?)
+    }
+
+    /// Creates or updates one Service, leaving the others alone.
+    ///
+    /// # Errors
+    /// As [`Datapath::apply`].
+    pub fn upsert(&mut self, service: &DesiredService) -> Result<ApplyReport, DatapathError> {
+        self.apply_changes(&[], std::slice::from_ref(service))
+    }
+
+    /// Removes one Service (nothing if it is not programmed).
+    ///
+    /// # Errors
+    /// As [`Datapath::apply`].
+    pub fn remove(&mut self, service: ServiceAddr) -> Result<ApplyReport, DatapathError> {
+        self.apply_changes(&[service], &[])
     }
 
     pub fn table(&self) -> &Table {

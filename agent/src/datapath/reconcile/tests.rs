@@ -21,6 +21,9 @@ struct Fake {
     slots: BTreeMap<(u32, u8, u32), u32>,
     services: BTreeMap<(u32, u16, u8), berth_service_value>,
     ops: Vec<Op>,
+    /// Counter resets (not in `ops`: they change nothing a packet reads).
+    resets: usize,
+    backend_resets: Vec<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,10 +88,13 @@ impl MapWriter for Fake {
     }
 
     fn reset_service_counters(&mut self, _: ServiceId) -> Result<(), FakeError> {
+        self.resets += 1;
         Ok(())
     }
 
-    fn reset_backend_counters(&mut self, _: BackendId) -> Result<(), FakeError> {
+    fn reset_backend_counters(&mut self, id: BackendId) -> Result<(), FakeError> {
+        self.resets += 1;
+        self.backend_resets.push(id.0);
         Ok(())
     }
 }
@@ -287,4 +293,152 @@ fn a_new_service_without_backends_is_still_written() {
     t.apply(&mut fake, &[service("empty", vec![])]).expect("apply");
     let v = fake.services.values().next().expect("service entry written");
     assert_eq!(v.sched_len, 0);
+}
+
+fn on_port(mut svc: DesiredService, port: u16) -> DesiredService {
+    svc.name = format!("{}-{port}", svc.name);
+    svc.port = port;
+    svc
+}
+
+#[test]
+fn a_change_touches_only_its_service() {
+    let mut fake = Fake::default();
+    let mut t = table();
+    let a = on_port(service("a", vec![backend(2, 1), backend(3, 1)]), 80);
+    let b = on_port(service("b", vec![backend(4, 1)]), 81);
+    t.apply(&mut fake, &[a.clone(), b.clone()]).expect("apply");
+    let b_before = t.service(&b.addr()).expect("b").clone();
+    fake.ops.clear();
+    let mut a2 = a.clone();
+    a2.backends.push(backend(5, 1));
+    let report = t.apply_changes(&mut fake, &[], std::slice::from_ref(&a2)).expect("change");
+    assert_eq!((report.services_updated, report.backends_added, report.slots_written), (1, 1, 3), "{report:?}");
+    let a_id = t.service(&a.addr()).expect("a").id.0;
+    assert!(
+        fake.ops.iter().all(|o| match o {
+            Op::Slot(svc, ..) | Op::Service(svc, ..) => *svc == a_id,
+            _ => true,
+        }),
+        "{:?}",
+        fake.ops
+    );
+    assert_eq!(t.service(&b.addr()), Some(&b_before));
+    // Backend write, then the new epoch's slots, then the Service entry last.
+    assert!(matches!(fake.ops.first(), Some(Op::Backend(..))), "{:?}", fake.ops);
+    assert_eq!(fake.ops.last(), Some(&Op::Service(a_id, 1, 3)));
+}
+
+#[test]
+fn applying_changes_programs_what_a_full_apply_programs() {
+    // The same history through both entry points: identical writes, in the
+    // same order, and identical tables.
+    let a = on_port(service("a", vec![backend(2, 1), backend(3, 2)]), 80);
+    let b = on_port(service("b", vec![backend(4, 1)]), 81);
+    let c = on_port(service("c", vec![backend(6, 1), backend(7, 1)]), 82);
+    let mut a2 = a.clone();
+    a2.backends[1].terminating = true;
+    a2.backends.push(backend(8, 3));
+    let mut b2 = b.clone();
+    b2.backends = vec![backend(9, 1)];
+    let full: Vec<Vec<DesiredService>> = vec![
+        vec![a.clone(), b.clone()],
+        vec![a2.clone(), b.clone()],
+        vec![a2.clone(), b2.clone(), c.clone()],
+        vec![b2.clone(), c.clone()],
+        vec![b2.clone(), c.clone()],
+    ];
+    let deltas: Vec<(Vec<ServiceAddr>, Vec<DesiredService>)> = vec![
+        (vec![], vec![a.clone(), b.clone()]),
+        (vec![], vec![a2.clone()]),
+        (vec![], vec![b2.clone(), c.clone()]),
+        (vec![a.addr()], vec![]),
+        (vec![a.addr()], vec![]), // removing what is gone: nothing
+    ];
+    let (mut full_fake, mut full_table) = (Fake::default(), table());
+    let (mut delta_fake, mut delta_table) = (Fake::default(), table());
+    for (want, (removed, upserted)) in full.iter().zip(&deltas) {
+        full_fake.ops.clear();
+        delta_fake.ops.clear();
+        let r1 = full_table.apply(&mut full_fake, want).expect("full apply");
+        let r2 = delta_table.apply_changes(&mut delta_fake, removed, upserted).expect("changes");
+        assert_eq!(r1, r2);
+        assert_eq!(full_fake.ops, delta_fake.ops);
+        assert_eq!(r2.map_writes, delta_fake.ops.len() + delta_fake.resets);
+        assert_eq!(full_fake.resets, delta_fake.resets);
+        full_fake.resets = 0;
+        delta_fake.resets = 0;
+    }
+    assert_eq!(full_fake.slots, delta_fake.slots);
+    assert_eq!(full_fake.services, delta_fake.services);
+    let view = |t: &Table| t.services().map(|(k, v)| (*k, v.clone())).collect::<Vec<_>>();
+    assert_eq!(view(&full_table), view(&delta_table));
+}
+
+#[test]
+fn removed_and_upserted_in_one_change_ends_up_upserted() {
+    let mut fake = Fake::default();
+    let mut t = table();
+    let a = service("a", vec![backend(2, 1)]);
+    t.apply_changes(&mut fake, &[], std::slice::from_ref(&a)).expect("add");
+    let mut a2 = a.clone();
+    a2.backends = vec![backend(3, 1)];
+    let report = t.apply_changes(&mut fake, &[a.addr()], std::slice::from_ref(&a2)).expect("replace");
+    assert_eq!((report.services_removed, report.services_added), (1, 1), "{report:?}");
+    assert_eq!(fake.services.len(), 1);
+    let entry = t.service(&a.addr()).expect("upserted");
+    assert_eq!(entry.backends.keys().copied().collect::<Vec<_>>(), vec![(Ipv4Addr::new(198, 18, 1, 3), 8080)]);
+}
+
+#[test]
+fn map_writes_counts_every_write() {
+    let mut fake = Fake::default();
+    let mut t = table();
+    let a = service("a", vec![backend(2, 1), backend(3, 1), backend(4, 1), backend(5, 1)]);
+    let report = t.apply_changes(&mut fake, &[], std::slice::from_ref(&a)).expect("add");
+    // 1 service counter reset, 4 backends (fresh ids: no counter reset), 4 slots, 1 service.
+    assert_eq!(report.map_writes, 10);
+    assert_eq!(report.map_writes, fake.ops.len() + fake.resets);
+    let (ops, resets) = (fake.ops.len(), fake.resets);
+    let mut a2 = a.clone();
+    a2.backends.push(backend(6, 1));
+    let report = t.apply_changes(&mut fake, &[], std::slice::from_ref(&a2)).expect("add a backend");
+    // One backend added to a 4-backend WRR Service: backend, 5 slots, service.
+    assert_eq!(report.map_writes, 7, "{:?}", &fake.ops[ops..]);
+    assert_eq!(report.map_writes, fake.ops.len() - ops + fake.resets - resets);
+}
+
+#[test]
+fn only_reused_backend_ids_get_their_counters_reset() {
+    let mut fake = Fake::default();
+    let mut t = table();
+    t.apply(&mut fake, &[service("web", vec![backend(2, 1), backend(3, 1)])]).expect("apply");
+    assert!(fake.backend_resets.is_empty(), "fresh ids reset: {:?}", fake.backend_resets);
+    t.apply(&mut fake, &[service("web", vec![backend(2, 1)])]).expect("remove one");
+    t.apply(&mut fake, &[service("web", vec![backend(2, 1), backend(9, 1), backend(10, 1)])]).expect("add two");
+    // Id 1 is reused (reset, while parked), id 2 is fresh (not reset).
+    assert_eq!(fake.backend_resets, vec![1]);
+}
+
+#[test]
+fn recovered_backend_ids_count_as_used() {
+    // A backend a previous agent wrote and removed: its counters may hold
+    // counts, so the next user of the id resets them.
+    let mut fake = Fake::default();
+    let mut t = table();
+    t.apply(&mut fake, &[service("web", vec![backend(2, 1), backend(3, 1)])]).expect("apply");
+    t.apply(&mut fake, &[service("web", vec![backend(2, 1)])]).expect("remove one");
+    let recovered = Recovered {
+        services: fake
+            .services
+            .iter()
+            .map(|((vip, port, proto), v)| (berth_service_key { vip: *vip, port: *port, proto: *proto, pad: 0 }, *v))
+            .collect(),
+        backends: fake.backends.iter().map(|(id, b)| (*id, *b)).collect(),
+        slots: Vec::new(),
+    };
+    let (mut t2, _) = Table::recover(16, 64, 100_000, recovered);
+    fake.backend_resets.clear();
+    t2.apply(&mut fake, &[service("web", vec![backend(2, 1), backend(9, 1), backend(10, 1)])]).expect("apply");
+    assert_eq!(fake.backend_resets, vec![1]);
 }
