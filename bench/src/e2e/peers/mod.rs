@@ -8,6 +8,7 @@ mod haproxy;
 mod iptables_legacy;
 mod iptables_nft;
 pub mod kube_iptables;
+pub mod kube_nftables;
 mod nftables;
 
 use super::peer::Peer;
