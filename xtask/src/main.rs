@@ -65,7 +65,8 @@ enum Task {
     /// bench/results/; a full run replaces the checked-in baseline there).
     /// See docs/performance.md.
     Bench {
-        /// packet, e2e, apply, or quick (every benchmark in quick mode, as CI).
+        /// Which benchmark; `quick` runs every one in quick mode, as CI does.
+        #[arg(value_parser = ["packet", "e2e", "apply", "quick"])]
         bench: String,
         /// Arguments for `berth-bench BENCH` (after `--`), e.g. `-- --quick`.
         #[arg(last = true)]
@@ -174,9 +175,6 @@ fn target_dir(root: &Path) -> PathBuf {
 }
 
 fn run_bench(root: &Path, bench: &str, args: &[OsString]) -> anyhow::Result<()> {
-    if !["packet", "e2e", "apply", "quick"].contains(&bench) {
-        bail!("unknown benchmark {bench:?}: expected packet, e2e, apply or quick");
-    }
     if !is_root() {
         bail!("cargo xtask bench needs root: the benchmarks create network namespaces and load BPF programs");
     }
