@@ -11,11 +11,18 @@
 //! leave programs and maps pinned, so forwarding continues; a restarted agent
 //! picks them up (see [`crate::datapath`]).
 //!
+//! A reload programs only the Services whose entry in the file changed
+//! ([`Datapath::apply_changes`]), so its cost does not grow with the number
+//! of Services; start-up and the first reload after a failed one use the
+//! full-set [`Datapath::apply`], which also repairs anything the kernel holds
+//! that the file does not.
+//!
 //! # Limitations
 //! Changing `instance`, `uplink`, `socket_lb_cgroup`, `metrics_address` or
 //! `limits` needs a restart: a reload with such a change is rejected.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     sync::{
         Arc, RwLock,
@@ -28,7 +35,10 @@ use std::{
 use crate::{
     admin::{AdminError, AdminServer},
     config::{ConfigError, StandaloneConfig},
-    datapath::{Datapath, DatapathError, DatapathOptions, MapLimits, Maps, PinDir, loader::DEFAULT_BPFFS_ROOT},
+    datapath::{
+        Datapath, DatapathError, DatapathOptions, DesiredService, MapLimits, Maps, PinDir, ServiceAddr,
+        loader::DEFAULT_BPFFS_ROOT,
+    },
     metrics::{AgentMetrics, Labels},
 };
 
@@ -225,6 +235,9 @@ fn reload_loop(
     labels: &RwLock<Labels>,
     metrics: &AgentMetrics,
 ) {
+    // After a failed apply the kernel may hold a mix of two files; only a
+    // full-set apply is sure to converge from there.
+    let mut full_next = false;
     loop {
         match rx.recv_timeout(poll) {
             Ok(Control::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -257,8 +270,16 @@ fn reload_loop(
             metrics.reload("rejected");
             continue;
         }
-        match datapath.apply(&next.desired_services()) {
+        let desired = next.desired_services();
+        let result = if full_next {
+            datapath.apply(&desired)
+        } else {
+            let (removed, upserted) = changed_services(&current.desired_services(), &desired);
+            datapath.apply_changes(&removed, &upserted)
+        };
+        match result {
             Ok(report) => {
+                full_next = false;
                 metrics.programming_latency.observe(seen.elapsed().as_secs_f64());
                 metrics.reload("applied");
                 *labels.write().unwrap_or_else(|e| e.into_inner()) = Labels::from_table(datapath.table());
@@ -268,6 +289,7 @@ fn reload_loop(
             Err(e) => {
                 // The table still describes the kernel exactly; the next
                 // change (or SIGHUP) retries from there.
+                full_next = true;
                 metrics.reload("failed");
                 tracing::error!(error = %e, source = ?std::error::Error::source(&e), "applying the configuration failed");
                 *labels.write().unwrap_or_else(|e| e.into_inner()) = Labels::from_table(datapath.table());
@@ -275,6 +297,16 @@ fn reload_loop(
             }
         }
     }
+}
+
+/// What differs between two desired sets: the Services that left, and the
+/// Services that are new or changed in `next`.
+fn changed_services(current: &[DesiredService], next: &[DesiredService]) -> (Vec<ServiceAddr>, Vec<DesiredService>) {
+    let before: BTreeMap<ServiceAddr, &DesiredService> = current.iter().map(|s| (s.addr(), s)).collect();
+    let after: BTreeMap<ServiceAddr, &DesiredService> = next.iter().map(|s| (s.addr(), s)).collect();
+    let removed = before.keys().filter(|addr| !after.contains_key(addr)).copied().collect();
+    let upserted = next.iter().filter(|s| before.get(&s.addr()) != Some(s)).cloned().collect();
+    (removed, upserted)
 }
 
 /// Removes every link and map pinned for `instance`: forwarding through it
@@ -286,4 +318,50 @@ pub fn cleanup(bpffs_root: &Path, instance: &str) -> Result<Vec<PathBuf>, Standa
     let pins = PinDir::new(bpffs_root, instance);
     pins.remove_all()
         .map_err(|source| StandaloneError::Cleanup { path: pins.path().to_owned(), source: Box::new(source) })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests panic so failures carry a backtrace")]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use berth_ebpf::abi::Protocol;
+
+    use super::*;
+    use crate::datapath::{
+        DesiredBackend,
+        schedule::{Algorithm, MaglevTableSize, Weight},
+    };
+
+    fn service(last: u8, backends: &[u8]) -> DesiredService {
+        DesiredService {
+            name: format!("svc-{last}"),
+            vip: Ipv4Addr::new(198, 19, 0, last),
+            port: 80,
+            protocol: Protocol::Tcp,
+            algorithm: Algorithm::Wrr,
+            maglev_table_size: MaglevTableSize::DEFAULT,
+            affinity_timeout_s: None,
+            backends: backends
+                .iter()
+                .map(|b| DesiredBackend {
+                    addr: Ipv4Addr::new(198, 18, *b, 2),
+                    port: 8080,
+                    weight: Weight::ONE,
+                    terminating: false,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn reload_programs_only_what_changed() {
+        let current = vec![service(1, &[1, 2]), service(2, &[1]), service(3, &[3])];
+        let next = vec![service(1, &[1, 2]), service(2, &[1, 2]), service(4, &[4])];
+        let (removed, upserted) = changed_services(&current, &next);
+        assert_eq!(removed, vec![service(3, &[]).addr()]);
+        assert_eq!(upserted, vec![service(2, &[1, 2]), service(4, &[4])]);
+        let (removed, upserted) = changed_services(&next, &next);
+        assert!(removed.is_empty() && upserted.is_empty());
+    }
 }
