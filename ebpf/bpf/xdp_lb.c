@@ -57,6 +57,29 @@ static __always_inline int ct_create(const struct berth_ct_key *fwd, __u32 svc_i
 	return 0;
 }
 
+/*
+ * A SYN that is not for a Service opens a new connection on its 4-tuple, so
+ * a translated flow that left a reverse entry for the same tuple (the client
+ * reused a source port it once used for a VIP, now talking to the backend
+ * directly) is over: without this, tc would rewrite the new connection's
+ * replies to the old VIP and the client would never see its SYN-ACK. Only
+ * SYNs pay the lookup.
+ */
+static __always_inline void ct_forget_reverse(const struct pkt4 *p)
+{
+	struct berth_ct_key rev = {
+		.saddr = p->ip->daddr,
+		.daddr = p->ip->saddr,
+		.sport = *p->dport,
+		.dport = *p->sport,
+		.proto = p->proto,
+	};
+	struct berth_ct_value *ct = bpf_map_lookup_elem(&berth_ct_v1, &rev);
+
+	if (ct && ct->kind == BERTH_CT_REVERSE)
+		bpf_map_delete_elem(&berth_ct_v1, &rev);
+}
+
 static __always_inline void dnat4(struct pkt4 *p, __be32 addr, __be16 port)
 {
 	__be32 old_addr = p->ip->daddr;
@@ -102,8 +125,11 @@ int berth_xdp_lb(struct xdp_md *ctx)
 	skey.port = *p.dport;
 	skey.proto = p.proto;
 	svc = bpf_map_lookup_elem(&berth_services_v1, &skey);
-	if (!svc)
+	if (!svc) {
+		if (p.tcp_syn)
+			ct_forget_reverse(&p);
 		return XDP_PASS;
+	}
 
 	ct_forward_key(&p, &ckey);
 	ct = bpf_map_lookup_elem(&berth_ct_v1, &ckey);

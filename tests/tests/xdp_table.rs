@@ -335,3 +335,34 @@ fn verifier_instruction_counts_are_recorded() {
         );
     }
 }
+
+/// Reverse entries (backend → client) in conntrack.
+fn reverse_entries(l: &Loaded) -> usize {
+    l.dp.maps()
+        .conntrack
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, v)| u32::from(v.kind) == berth_ebpf::abi::BERTH_CT_REVERSE)
+        .count()
+}
+
+#[test]
+fn a_direct_syn_on_the_tuple_of_an_old_translated_flow_drops_its_reverse_entry() {
+    let mut l = load(&[web()]);
+    let b = Ipv4Addr::new(198, 18, 1, 2);
+    let vip_syn = Pkt::tcp(CLIENT, 41000, VIP, 80, TcpFlags::SYN, b"");
+    let (verdict, out) = run(&mut l, &vip_syn.build());
+    assert_eq!((verdict, out), (XDP_PASS, dnat(&vip_syn, b, 8080)));
+    assert_eq!(reverse_entries(&l), 1, "the translated flow has its reverse entry");
+
+    // The client later talks to the backend directly from the same port: a
+    // mid-flow packet changes nothing, a SYN (a new connection on that
+    // 4-tuple) retires the old flow's reverse entry, so tc no longer rewrites
+    // the new connection's replies to the VIP. Both pass untouched.
+    for (flags, left) in [(TcpFlags::ACK, 1), (TcpFlags::SYN, 0)] {
+        let direct = Pkt::tcp(CLIENT, 41000, b, 8080, flags, b"");
+        let (verdict, out) = run(&mut l, &direct.build());
+        assert_eq!((verdict, out), (XDP_PASS, direct.build()), "{flags:?}");
+        assert_eq!(reverse_entries(&l), left, "after a direct {flags:?}");
+    }
+}
