@@ -11,6 +11,7 @@
 //! the control-plane client arrive with their issues.
 
 pub mod admin;
+pub mod cgroups;
 pub mod config;
 pub mod datapath;
 pub mod metrics;
