@@ -5,7 +5,7 @@
 //! the sink appends it to `bench/results/runs/<stamp>-<bench>.jsonl` and
 //! prints one line, so a long run shows progress and a crash keeps what was
 //! measured. [`Sink::finish`] writes the markdown tables; a full (not quick)
-//! run also replaces the checked-in baseline `bench/results/<bench>.{jsonl,md}`,
+//! run with default options that completes also replaces the checked-in baseline `bench/results/<bench>.{jsonl,md}`,
 //! so `git diff` shows what changed since the last baseline.
 //!
 //! A [`Record`] is one row: which table it belongs to, the case and the peer
@@ -184,6 +184,8 @@ pub struct Sink {
     jsonl_path: PathBuf,
     jsonl: File,
     records: Vec<Record>,
+    /// Extra files to copy into the baseline when the run replaces it.
+    artifacts: Vec<(String, Vec<u8>)>,
 }
 
 impl Sink {
@@ -208,7 +210,14 @@ impl Sink {
             info.cpu,
             jsonl_path.display()
         );
-        Ok(Self { info, results_dir: results_dir.to_owned(), jsonl_path, jsonl, records: Vec::new() })
+        Ok(Self {
+            info,
+            results_dir: results_dir.to_owned(),
+            jsonl_path,
+            jsonl,
+            records: Vec::new(),
+            artifacts: Vec::new(),
+        })
     }
 
     pub fn info(&self) -> &RunInfo {
@@ -233,38 +242,41 @@ impl Sink {
     }
 
     /// Writes an extra file of the run (a plot, a profile): into `runs/` as
-    /// `<stamp>-<name>` and, for a full run, as the baseline `RESULTS_DIR/<name>`.
+    /// `<stamp>-<name>` now and, if [`Sink::finish`] replaces the baseline,
+    /// as `RESULTS_DIR/<name>` then.
     /// Returns the run's copy.
     ///
     /// # Errors
     /// If a file cannot be written.
-    pub fn artifact(&self, name: &str, contents: &[u8]) -> anyhow::Result<PathBuf> {
+    pub fn artifact(&mut self, name: &str, contents: &[u8]) -> anyhow::Result<PathBuf> {
         let stamp = self.info.date.replace([':', '-'], "");
         let path = self.results_dir.join("runs").join(format!("{stamp}-{name}"));
         fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
-        if !self.info.quick {
-            let base = self.results_dir.join(name);
-            fs::write(&base, contents).with_context(|| format!("writing {}", base.display()))?;
-        }
+        self.artifacts.push((name.to_owned(), contents.to_vec()));
         eprintln!("[bench] wrote {}", path.display());
         Ok(path)
     }
 
-    /// Writes the markdown next to the JSONL and, for a full run, replaces the
-    /// baseline `RESULTS_DIR/<bench>.{jsonl,md}`. Returns the markdown path.
+    /// Writes the markdown next to the JSONL and, when `replace_baseline`
+    /// (a complete full run: the caller decides), replaces the baseline
+    /// `RESULTS_DIR/<bench>.{jsonl,md}`. Returns the markdown path.
     ///
     /// # Errors
     /// If a file cannot be written.
-    pub fn finish(self) -> anyhow::Result<PathBuf> {
+    pub fn finish(self, replace_baseline: bool) -> anyhow::Result<PathBuf> {
         let markdown = render_markdown(&self.info, &self.records);
         let md_path = self.jsonl_path.with_extension("md");
         fs::write(&md_path, &markdown).with_context(|| format!("writing {}", md_path.display()))?;
-        if !self.info.quick {
+        if replace_baseline && !self.info.quick {
             let base = self.results_dir.join(&self.info.bench);
             fs::copy(&self.jsonl_path, base.with_extension("jsonl"))
                 .with_context(|| format!("writing baseline {}.jsonl", base.display()))?;
             fs::write(base.with_extension("md"), &markdown)
                 .with_context(|| format!("writing baseline {}.md", base.display()))?;
+            for (name, contents) in &self.artifacts {
+                let path = self.results_dir.join(name);
+                fs::write(&path, contents).with_context(|| format!("writing baseline {}", path.display()))?;
+            }
         }
         eprintln!("[bench] results: {} and {}", self.jsonl_path.display(), md_path.display());
         Ok(md_path)
