@@ -1,0 +1,1 @@
+//! OCI image layouts: verification, unpacking, the digest-keyed cache.

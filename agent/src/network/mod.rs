@@ -1,0 +1,1 @@
+//! Pod networking: network namespaces, veth pairs, IPAM.

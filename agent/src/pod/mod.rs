@@ -1,0 +1,1 @@
+//! Pods: manifests, probes, restart backoff, container states, supervision.

@@ -1,0 +1,1 @@
+//! The container runtime: the re-exec'd shim and init, exec, logs.
