@@ -11,6 +11,7 @@
 //! aarch64.
 
 mod codegen;
+mod image;
 mod process;
 mod setup;
 mod up;
@@ -59,6 +60,9 @@ enum Task {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// Build the reproducible OCI test image (busybox-static and a static
+    /// berth-test-server) into target/berth-test-image; prints its digest.
+    TestImage,
     /// setup, then a release build of the workspace.
     Build,
     /// setup, release build, then `berth-bench BENCH ARGS` (results under
@@ -103,6 +107,7 @@ fn main() -> anyhow::Result<()> {
         Task::Codegen { check } => codegen::run(&root, check),
         Task::Lint => lint(&root),
         Task::Test { test_threads, args } => test(&root, test_threads, &args),
+        Task::TestImage => image::build(&root, &target_dir(&root)).map(|_| ()),
         Task::Build => build(),
         Task::Bench { bench, args } => run_bench(&root, &bench, &args),
         Task::Up { requests, exit } => up(&root, requests, exit),
@@ -147,9 +152,10 @@ fn test(root: &Path, test_threads: usize, extra: &[OsString]) -> anyhow::Result<
         let a = a.to_string_lossy();
         a == "-p" || a.starts_with("--package") || (a.starts_with("-p") && a.len() > 2)
     });
+    let test_image = steps.step("test image", || image::build(root, &target_dir(root)))?;
     steps.step("cargo test", || {
         let mut cmd = cargo();
-        cmd.arg("test");
+        cmd.arg("test").env("BERTH_TEST_IMAGE_DIR", &test_image.dir);
         if !picks_package {
             cmd.arg("--workspace");
         }

@@ -44,6 +44,11 @@ const PACKAGES: &[&str] = &[
     // tests.
     "procps",
     "psmisc",
+    // The test image: its /bin/busybox is the statically linked one from
+    // busybox-static (`cargo xtask test-image`). runc: the reference runtime
+    // for differential tests of berth's own (never a dependency).
+    "busybox-static",
+    "runc",
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";
