@@ -29,6 +29,13 @@ enum Command {
         #[arg(long, env = "BERTH_POLL_INTERVAL_MS", default_value_t = 1000)]
         poll_interval_ms: u64,
     },
+    /// A container's shim (started by the agent; not for direct use).
+    #[command(hide = true)]
+    Shim(berth_agent::runtime::ShimArgs),
+    /// Run a command inside a running container (started by the agent for
+    /// exec probes; operators may use it too).
+    #[command(hide = true)]
+    Exec(berth_agent::runtime::ExecArgs),
     /// Detach and unpin everything berth attached and pinned for an instance.
     Cleanup {
         #[arg(long, default_value = "default")]
@@ -39,12 +46,20 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The shim and the exec helper enter namespaces: they run before any
+    // thread or tokio runtime exists, and log nothing to the agent's
+    // stderr (the shim's stderr is its own log file).
+    let command = match cli.command {
+        Command::Shim(args) => return berth_agent::runtime::shim_main(args),
+        Command::Exec(args) => return berth_agent::runtime::exec_main(args),
+        other => other,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    let result = match cli.command {
+    let result = match command {
         Command::Standalone { config, check: true, .. } => standalone::check(&config)
             .map(|c| {
                 println!("{}: ok ({} services)", config.display(), c.services.len());
@@ -61,6 +76,8 @@ fn main() -> ExitCode {
             }
             println!("instance {instance}: {} pins removed", removed.len());
         }),
+        // Dispatched above, before logging was installed.
+        Command::Shim(_) | Command::Exec(_) => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

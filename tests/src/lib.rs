@@ -36,6 +36,7 @@ pub mod mounts;
 pub mod netns;
 pub mod packet;
 pub mod process;
+pub mod rootfs;
 pub mod server;
 pub mod summary;
 pub mod topology;
