@@ -16,6 +16,7 @@ pub mod config;
 pub mod datapath;
 pub mod image;
 pub mod metrics;
+pub mod node;
 pub mod network;
 pub mod pod;
 pub mod runtime;

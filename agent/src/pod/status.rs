@@ -205,6 +205,26 @@ pub struct PodStatus {
     pub container_statuses: Vec<ContainerStatus>,
 }
 
+impl PodStatus {
+    /// The Ready condition is True.
+    pub fn is_ready(&self) -> bool {
+        self.conditions.iter().any(|c| c.kind == PodConditionType::Ready && c.status == ConditionStatus::True)
+    }
+
+    /// kubectl's STATUS column: a waiting or terminated container's reason
+    /// wins over the phase.
+    pub fn display_status(&self) -> String {
+        for c in &self.container_statuses {
+            match &c.state {
+                ContainerState::Waiting { reason, .. } => return reason.clone(),
+                ContainerState::Terminated { reason, .. } if self.phase == PodPhase::Running => return reason.clone(),
+                _ => {}
+            }
+        }
+        format!("{:?}", self.phase)
+    }
+}
+
 /// Whether the pod's containers may still be restarted. kubelet's
 /// `podIsTerminal`: once the pod has been stopped for good (deleted), its
 /// phase is final whatever the restart policy.

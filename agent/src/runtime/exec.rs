@@ -215,7 +215,7 @@ pub(super) fn run(exe: &Path, bundle: &Path, argv: &[String], timeout: Duration)
     let (report_r, report_w) =
         sys::pipe().map_err(|source| RuntimeError::Sys { op: "pipe for the exec report".to_owned(), source })?;
     let mut cmd = Command::new(exe);
-    cmd.arg("exec")
+    cmd.arg("exec-helper")
         .arg("--bundle")
         .arg(bundle)
         .arg("--timeout-ms")
