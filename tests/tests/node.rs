@@ -611,3 +611,65 @@ fn a_restarted_agent_adopts_running_containers() {
         d.view.status.container_statuses[0].restart_count >= 1 && d.view.status.is_ready()
     });
 }
+
+#[test]
+fn an_exec_probe_runs_inside_the_container() {
+    let node = Node::start("bn-exec", &[]);
+    // /tmp/healthy exists only in the container's own writable layer: the
+    // probe sees it only if it joined the container's mount namespace.
+    node.run_pod(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: exec-1}
+spec:
+  containers:
+  - name: web
+    image: berth-test:latest
+    readinessProbe:
+      exec: {command: ["cat", "/tmp/healthy"]}
+      periodSeconds: 1
+      failureThreshold: 1
+"#,
+    );
+    let ip = pod_ip(&node.wait_ready("exec-1"));
+    // /fail removes the file: the exec probe fails, ready flips.
+    node.http_get(SocketAddr::from((ip, 8080)), "/fail").expect("fail");
+    node.wait_for("exec-1", Duration::from_secs(10), "not ready", |d| !d.view.status.is_ready());
+    node.http_get(SocketAddr::from((ip, 8080)), "/recover").expect("recover");
+    node.wait_ready("exec-1");
+}
+
+#[test]
+fn the_run_pod_command_reports_the_field_and_exits_64() {
+    let node = Node::start("bn-cli", &[]);
+    let socket = node.path("run").join("agent.sock");
+    let bad = node.path("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: [{name: a, image: ''}]}\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(agent_bin())
+        .arg("run-pod")
+        .arg(&bad)
+        .arg("--socket")
+        .arg(&socket)
+        .output()
+        .expect("run berth-agent run-pod");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("spec.containers[0].image"), "{stderr}");
+    let good = node.path("good.yaml");
+    std::fs::write(&good, server_pod("cli-1", "")).expect("write");
+    let out = std::process::Command::new(agent_bin())
+        .args(["run-pod", "--wait", "--timeout-seconds", "30"])
+        .arg(&good)
+        .arg("--socket")
+        .arg(&socket)
+        .output()
+        .expect("run berth-agent run-pod");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list = std::process::Command::new(agent_bin()).arg("list").arg("--socket").arg(&socket).output().expect("list");
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.contains("cli-1") && text.contains("1/1") && text.contains("Running"), "{text}");
+}

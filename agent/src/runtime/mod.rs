@@ -10,7 +10,7 @@
 //! agent ── Runtime::start ──▶ berth-agent shim --bundle DIR   (own session)
 //!                               └─ clone(NEWPID|NEWNS|NEWUTS|NEWIPC[|NEWNET])
 //!                                    └─ container init → execve(args)
-//! agent ── Runtime::exec ───▶ berth-agent exec --bundle DIR -- argv
+//! agent ── Runtime::exec ───▶ berth-agent exec-helper --bundle DIR -- argv
 //!                               └─ setns(pidfd of PID 1) + cgroup → fork → execve(argv)
 //! ```
 //!
