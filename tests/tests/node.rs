@@ -587,6 +587,9 @@ fn a_restarted_agent_adopts_running_containers() {
     let before2 = node.wait_ready("adopt-2");
     let ipam_before = std::fs::read_to_string(node.path("state").join("ipam.json")).expect("ipam state");
     node.kill_agent();
+    // A pod directory without a record (creation cut short) is reaped.
+    let orphan = node.path("state").join("pods").join("orphan-uid");
+    std::fs::create_dir_all(orphan.join("containers")).expect("orphan dir");
     // The containers keep serving while no agent runs.
     let ip1 = pod_ip(&before1);
     assert_eq!(node.http_get(SocketAddr::from((ip1, 8080)), "/").expect("GET while agent is down").0, 200);
@@ -599,6 +602,7 @@ fn a_restarted_agent_adopts_running_containers() {
     assert_eq!(pod_ip(&before2), pod_ip(&after2));
     let ipam_after = std::fs::read_to_string(node.path("state").join("ipam.json")).expect("ipam state");
     assert_eq!(ipam_before, ipam_after, "IPAM unchanged by the restart");
+    assert!(!orphan.exists(), "the record-less pod directory was removed");
     // A third pod gets a fresh address: nothing handed out twice.
     node.run_pod(&server_pod("adopt-3", ""));
     let ip3 = pod_ip(&node.wait_ready("adopt-3"));

@@ -143,6 +143,7 @@ impl Node {
         for e in errors {
             tracing::error!(error = %e, "a pod record could not be read; its pod is not adopted");
         }
+        reap_unsupervised(&state, &runtime, &driver, &records);
         let mut pods = BTreeMap::new();
         for record in records {
             let handle = supervisor::handle_for(record);
@@ -205,6 +206,48 @@ impl Node {
         // Give in-flight state writes a moment; they are atomic anyway.
         tokio::time::sleep(Duration::from_millis(10)).await;
         Ok(())
+    }
+}
+
+/// Containers no record points at: instances started just before the
+/// previous agent died (before their record was written), and pod
+/// directories without a record. Nobody would supervise them, so they are
+/// killed and removed; their pod networks go with the garbage collection.
+fn reap_unsupervised(
+    state: &StateDir,
+    runtime: &Runtime,
+    driver: &Arc<dyn cgroups::Driver>,
+    records: &[state::PodRecord],
+) {
+    for record in records {
+        let uid = &record.spec.uid;
+        let current: HashSet<&str> =
+            record.containers.iter().filter_map(|c| c.instance.as_ref()).map(|i| i.id.as_str()).collect();
+        for id in state.bundle_ids(uid) {
+            if current.contains(id.as_str()) {
+                continue;
+            }
+            let bundle = state.pod_dir(uid).join("containers").join(&id);
+            let cgroup = supervisor::pod_cgroup(uid).join(&id);
+            tracing::warn!(pod = %uid, id = %id, "removing a container instance no record points at");
+            if let Err(e) = runtime.kill_all(&cgroup).and_then(|()| runtime.remove_instance(&bundle, &cgroup)) {
+                tracing::warn!(id = %id, error = %e, "removing an unsupervised container failed");
+            }
+        }
+    }
+    for uid in state.orphan_uids() {
+        tracing::warn!(pod = %uid, "removing a pod directory without a record");
+        let cgroup = supervisor::pod_cgroup(&uid);
+        for id in state.bundle_ids(&uid) {
+            let bundle = state.pod_dir(&uid).join("containers").join(&id);
+            let _ = runtime.kill_all(&cgroup.join(&id)).and_then(|()| runtime.remove_instance(&bundle, &cgroup.join(&id)));
+        }
+        if let Err(e) = driver.kill_all(&cgroup).and_then(|()| driver.remove(&cgroup)) {
+            tracing::warn!(pod = %uid, error = %e, "removing the pod cgroup failed");
+        }
+        if let Err(e) = state.remove(&uid) {
+            tracing::warn!(pod = %uid, error = %e, "removing the pod directory failed");
+        }
     }
 }
 

@@ -141,6 +141,24 @@ impl StateDir {
         (pods, errors)
     }
 
+    /// Pod directories without a record: a pod whose creation was cut
+    /// short (the record is written before anything is started, so these
+    /// hold at most bundles of containers nobody supervises).
+    pub fn orphan_uids(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(self.root.join("pods")) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter(|e| !e.path().join("pod.json").exists())
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Container instance ids with a bundle under the pod.
+    pub fn bundle_ids(&self, uid: &str) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(self.pod_dir(uid).join("containers")) else { return Vec::new() };
+        entries.flatten().filter_map(|e| e.file_name().to_str().map(str::to_owned)).collect()
+    }
+
     /// Removes the pod's directory (bundles were removed by the runtime).
     ///
     /// # Errors
