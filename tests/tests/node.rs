@@ -663,8 +663,8 @@ fn the_run_pod_command_reports_the_field_and_exits_64() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("spec.containers[0].image"), "{stderr}");
-    let good = node.path("good.yaml");
-    std::fs::write(&good, server_pod("cli-1", "")).expect("write");
+    // The README's example pod.
+    let good = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/pod.yaml");
     let out = std::process::Command::new(agent_bin())
         .args(["run-pod", "--wait", "--timeout-seconds", "30"])
         .arg(&good)
@@ -675,5 +675,5 @@ fn the_run_pod_command_reports_the_field_and_exits_64() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let list = std::process::Command::new(agent_bin()).arg("list").arg("--socket").arg(&socket).output().expect("list");
     let text = String::from_utf8_lossy(&list.stdout);
-    assert!(text.contains("cli-1") && text.contains("1/1") && text.contains("Running"), "{text}");
+    assert!(text.contains("web-1") && text.contains("1/1") && text.contains("Running"), "{text}");
 }
