@@ -9,3 +9,6 @@
 //! Nothing here yet: this crate only fixes the workspace layout so the agent's
 //! dependency on control's resource types has a place to point to.
 #![forbid(unsafe_code)]
+
+pub mod scheduler;
+pub mod store;

@@ -1,0 +1,1 @@
+//! The store: versioned objects, watches, durability.
