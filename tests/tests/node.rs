@@ -677,3 +677,31 @@ fn the_run_pod_command_reports_the_field_and_exits_64() {
     let text = String::from_utf8_lossy(&list.stdout);
     assert!(text.contains("web-1") && text.contains("1/1") && text.contains("Running"), "{text}");
 }
+
+#[test]
+fn a_stop_begun_by_a_killed_agent_is_finished_by_the_next() {
+    let mut node = Node::start("bn-stop", &[]);
+    node.run_pod(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: half-stopped}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: s
+    image: berth-test:latest
+    args: ["ignore-sigterm"]
+"#,
+    );
+    node.wait_for("half-stopped", Duration::from_secs(20), "Running", |d| {
+        serde_json::to_string(&d.view.status).unwrap_or_default().contains("\"running\"")
+    });
+    let uid = node.status("half-stopped").view.uid;
+    let pid = container_pid(&node.path("state"), &uid);
+    node.client.stop("default", "half-stopped", None, false).expect("stop --no-wait");
+    node.kill_agent();
+    node.spawn_agent();
+    poll_until(Duration::from_secs(10), Duration::from_millis(50), || Ok(node.client.list()?.is_empty()))
+        .unwrap_or_else(|e| panic!("the new agent finished the stop: {e:#}\n{}", node.agent_log()));
+    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "the container process is gone");
+}

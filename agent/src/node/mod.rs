@@ -240,7 +240,8 @@ fn reap_unsupervised(
         let cgroup = supervisor::pod_cgroup(&uid);
         for id in state.bundle_ids(&uid) {
             let bundle = state.pod_dir(&uid).join("containers").join(&id);
-            let _ = runtime.kill_all(&cgroup.join(&id)).and_then(|()| runtime.remove_instance(&bundle, &cgroup.join(&id)));
+            let _ =
+                runtime.kill_all(&cgroup.join(&id)).and_then(|()| runtime.remove_instance(&bundle, &cgroup.join(&id)));
         }
         if let Err(e) = driver.kill_all(&cgroup).and_then(|()| driver.remove(&cgroup)) {
             tracing::warn!(pod = %uid, error = %e, "removing the pod cgroup failed");

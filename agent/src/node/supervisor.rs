@@ -315,7 +315,9 @@ async fn run_container(shared: Arc<Shared>, pod: Arc<PodHandle>, index: usize, n
     }
 
     loop {
-        if pod.stop_requested().is_some() {
+        // An adopted instance is still looked at: a stop the previous agent
+        // began must still stop it.
+        if pod.stop_requested().is_some() && adopted.is_none() {
             break;
         }
         let instance = match adopted.take() {
