@@ -2,7 +2,7 @@
 //! instead, in one run, on one machine, reported as ratios.
 //!
 //! # Design
-//! Three benchmarks, one module each, each behind `berth-bench <name>`
+//! Four benchmarks, one module each, each behind `berth-bench <name>`
 //! (`cargo xtask bench <name>` builds and runs it):
 //! - [`packet`]: per-packet cost through BPF_PROG_TEST_RUN, berth's XDP
 //!   program against floor programs (`bpf/floors.c`) measured the same way;
@@ -10,7 +10,9 @@
 //!   connection, kube-proxy-style iptables and nftables rules and HAProxy,
 //!   one file per peer under `e2e/peers/`;
 //! - [`apply`]: programming time, berth's reconciler against
-//!   iptables-restore and nft.
+//!   iptables-restore and nft;
+//! - [`pods`]: pod start latency and agent memory, `berth-agent node`
+//!   against `runc run` on the same unpacked bundle.
 //!
 //! Every result goes through a [`report::Sink`] (JSON lines and markdown
 //! under `bench/results/`). See docs/performance.md for the method and the
@@ -25,6 +27,7 @@ pub mod apply;
 pub mod e2e;
 pub mod packet;
 pub mod plot;
+pub mod pods;
 pub mod report;
 
 use std::path::PathBuf;

@@ -70,7 +70,7 @@ enum Task {
     /// See docs/performance.md.
     Bench {
         /// Which benchmark; `quick` runs every one in quick mode, as CI does.
-        #[arg(value_parser = ["packet", "e2e", "apply", "quick"])]
+        #[arg(value_parser = ["packet", "e2e", "apply", "pods", "quick"])]
         bench: String,
         /// Arguments for `berth-bench BENCH` (after `--`), e.g. `-- --quick`.
         #[arg(last = true)]
@@ -189,6 +189,8 @@ fn run_bench(root: &Path, bench: &str, args: &[OsString]) -> anyhow::Result<()> 
     steps.step("cargo build --workspace --release --bins", || {
         run(cargo().args(["build", "--workspace", "--release", "--bins"]))
     })?;
+    // The pods benchmark runs the test image.
+    steps.step("test image", || image::build(root, &target_dir(root)).map(|_| ()))?;
     let bin = target_dir(root).join("release").join("berth-bench");
     steps.step(&format!("berth-bench {bench}"), || {
         run(std::process::Command::new(&bin)
