@@ -10,5 +10,8 @@
 //! dependency on control's resource types has a place to point to.
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod leader;
+pub mod resources;
 pub mod scheduler;
 pub mod store;

@@ -44,6 +44,10 @@ const PACKAGES: &[&str] = &[
     // tests.
     "procps",
     "psmisc",
+    // The control plane: protoc for etcd-client's generated gRPC code
+    // (build.rs), and a real etcd server for the etcd store's tests.
+    "protobuf-compiler",
+    "etcd-server",
     // The test image: its /bin/busybox is the statically linked one from
     // busybox-static (`cargo xtask test-image`). runc: the reference runtime
     // for differential tests of berth's own (never a dependency).

@@ -1,0 +1,1 @@
+//! The HTTPS API server: routing, resourceVersion, list/watch, authentication.

@@ -1,0 +1,1 @@
+//! Leader election over the store backend (etcd leases).
