@@ -1,1 +1,2 @@
 //! The HTTPS API server: routing, resourceVersion, list/watch, authentication.
+pub mod admission;
