@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod controllers;
 pub mod leader;
 pub mod resources;
 pub mod scheduler;
