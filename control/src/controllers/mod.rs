@@ -15,3 +15,5 @@
 //! history is kept beside it. See [`deployment`].
 
 pub mod deployment;
+pub mod endpoints;
+pub mod node_lifecycle;
