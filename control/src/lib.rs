@@ -11,6 +11,8 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod cli;
+pub mod client;
 pub mod controllers;
 pub mod leader;
 pub mod resources;

@@ -1,0 +1,163 @@
+//! `berth`: the control plane's command line. Parses arguments, loads the
+//! client configuration, calls the library.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use berth_control::{
+    cli,
+    client::{ApiClient, ClientError, Config, load_config},
+};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "berth", version, about = "berth control plane: apply Kubernetes YAML, inspect and roll out")]
+struct Cli {
+    /// The client configuration (server, CA, token).
+    #[arg(long, env = "BERTH_CLIENT_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// The namespace (default: the configuration's, else `default`).
+    #[arg(short, long, global = true)]
+    namespace: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create or update objects from YAML (multi-document; a directory; `-`).
+    Apply {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// List or show objects.
+    Get {
+        kind: String,
+        name: Option<String>,
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[arg(short, long, value_enum)]
+        output: Option<cli::Output>,
+    },
+    /// Delete an object.
+    Delete { kind: String, name: String },
+    /// Set a Deployment's replicas.
+    Scale {
+        kind: String,
+        name: String,
+        #[arg(long)]
+        replicas: u32,
+    },
+    /// Deployment rollouts.
+    Rollout {
+        #[command(subcommand)]
+        action: Rollout,
+    },
+    /// Write the client configuration.
+    Config {
+        /// `https://HOST:PORT`.
+        #[arg(long)]
+        server: String,
+        /// The CA certificate (PEM) that signed the server's certificate.
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        token: Option<String>,
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum Rollout {
+    /// Wait until the rollout finishes, showing progress.
+    Status {
+        /// `deployment/NAME` or `NAME`.
+        name: String,
+        #[arg(long, default_value_t = 600)]
+        timeout_seconds: u64,
+    },
+}
+
+fn config_path(cli: &Option<PathBuf>) -> PathBuf {
+    cli.clone().unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+        home.join(".config").join("berth").join("config.yaml")
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let path = config_path(&cli.config);
+    if let Command::Config { server, ca, token, cert, key } = &cli.command {
+        let config = Config {
+            server: server.clone(),
+            ca_file: ca.display().to_string(),
+            token: token.clone(),
+            cert_file: cert.as_ref().map(|p| p.display().to_string()),
+            key_file: key.as_ref().map(|p| p.display().to_string()),
+            namespace: cli.namespace.clone().unwrap_or_else(|| "default".into()),
+        };
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&path, serde_yaml::to_string(&config).unwrap_or_default()));
+        return match written {
+            Ok(()) => {
+                println!("wrote {}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&ClientError::Config(format!("writing {}: {e}", path.display()))),
+        };
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(&ClientError::Config(format!("starting the runtime: {e}"))),
+    };
+    match runtime.block_on(run(cli, &path)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+async fn run(cli: Cli, path: &std::path::Path) -> Result<(), ClientError> {
+    let client = ApiClient::new(load_config(path)?)?;
+    let ns = cli.namespace.as_deref();
+    match cli.command {
+        Command::Apply { file } => {
+            for line in cli::apply(&client, &file, ns).await? {
+                println!("{line}");
+            }
+        }
+        Command::Get { kind, name, all_namespaces, output } => {
+            print!("{}", cli::get(&client, &kind, name.as_deref(), ns, all_namespaces, output).await?);
+        }
+        Command::Delete { kind, name } => println!("{}", cli::delete(&client, &kind, &name, ns).await?),
+        Command::Scale { kind, name, replicas } => {
+            println!("{}", cli::scale(&client, &kind, &name, replicas, ns).await?)
+        }
+        Command::Rollout { action: Rollout::Status { name, timeout_seconds } } => {
+            let name = name.strip_prefix("deployment/").or(name.strip_prefix("deploy/")).unwrap_or(&name).to_owned();
+            let done = cli::rollout_status(&client, &name, ns, Duration::from_secs(timeout_seconds), |m| print!("{m}"))
+                .await?;
+            print!("{done}");
+        }
+        Command::Config { .. } => {}
+    }
+    Ok(())
+}
+
+/// Prints the error with its field causes, like kubectl, and picks the exit
+/// code.
+fn fail(e: &ClientError) -> ExitCode {
+    eprintln!("error: {e}");
+    if let ClientError::Status { causes, .. } = e {
+        for (field, message) in causes {
+            if !e.to_string().contains(message.as_str()) {
+                eprintln!("  {field}: {message}");
+            }
+        }
+    }
+    ExitCode::from(e.exit_code() as u8)
+}
