@@ -80,6 +80,8 @@
 //! - Per-key version counts, leases and range deletes, which etcd has, are
 //!   not part of the trait: nothing needs them yet.
 
+mod etcd;
+pub use self::etcd::{EtcdOptions, EtcdStore};
 mod mem;
 mod redb;
 mod watch;
