@@ -7,9 +7,10 @@
 //! writes can commit atomically ([`Store::txn`]), and a [`Watch`] streams the
 //! changes under a key prefix from any revision still in the history.
 //!
-//! Two backends implement [`Store`] today: [`RedbStore`] (embedded, one
-//! durable file, the default) and [`MemStore`] (in memory, for scheduler and
-//! controller tests). An etcd backend will implement the same trait.
+//! Three backends implement [`Store`]: [`RedbStore`] (embedded, one durable
+//! file, the default), [`EtcdStore`] (a real etcd, for several `berth serve`
+//! processes with leader election, see [`crate::leader`]) and [`MemStore`]
+//! (in memory, for scheduler and controller tests).
 //!
 //! # Design
 //! - **Blocking trait.** [`Store`] is synchronous and object safe
