@@ -1,13 +1,19 @@
-//! berth's control plane.
+//! berth's control plane: the API server, its store, the scheduler, the
+//! controllers and the `berth` CLI.
 //!
 //! # Design
-//! The control plane (API, store, scheduler, controllers, CLI) is built in its
-//! own issue; see `../shared/DESIGN.md` section 5. Until then the data plane
-//! runs standalone (`berth-agent standalone`), driven by a services file.
+//! See `../shared/DESIGN.md` section 5 and `docs/control.md`. Modules own
+//! one thing each: [`store`] versioned objects and watches (redb, etcd,
+//! memory) and [`leader`] election over etcd; [`resources`] the rules of
+//! each kind (validation with field paths, defaults, ClusterIP/NodePort
+//! allocation) behind [`api::admission::Admission`]; [`api`] HTTPS,
+//! authentication, Kubernetes REST paths and watches; [`scheduler`]
+//! placement; [`controllers`] the planners of the Deployment, endpoints
+//! and node lifecycle loops; [`client`] and [`cli`] the command line.
 //!
 //! # Limitations
-//! Nothing here yet: this crate only fixes the workspace layout so the agent's
-//! dependency on control's resource types has a place to point to.
+//! Work in progress (issue 6): the controller loops and `berth serve` are
+//! not wired together yet; the pieces are tested on their own.
 #![forbid(unsafe_code)]
 
 pub mod api;
