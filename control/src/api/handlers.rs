@@ -1,0 +1,733 @@
+//! Requests: authentication, routing to a verb, and the verbs themselves.
+
+use std::time::Instant;
+
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
+use hyper::http::request::Parts;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Map, Value, json};
+
+use super::admission::{Admission, KindInfo};
+use super::auth::{Caller, Verb, authorize, bearer};
+use super::body;
+use super::discovery;
+use super::error::{self, ApiError, Body, full};
+use super::objects::{
+    FieldSelector, LabelSelector, Selectors, merge_patch, meta_str, metadata_mut, name_suffix, new_uid,
+    path_segment_problem, query_pairs, rfc3339, unix_now, with_resource_version,
+};
+use super::routes::{Route, collection_prefix, object_key, route};
+use super::server::{Connection, State};
+use super::watch;
+use crate::store::{Op, Revision, Store, StoreError};
+
+/// How many times a write is admitted again when its admission operations
+/// (allocations) lost a race with another write.
+const ADMISSION_ATTEMPTS: usize = 5;
+
+/// Answer one request. Every error becomes a `Status` here, in
+/// [`error::response`].
+pub(super) async fn handle(state: &State, conn: &Connection, request: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = match dispatch(state, conn, request).await {
+        Ok(response) => response,
+        Err(err) => error::response(&err),
+    };
+    tracing::debug!(
+        peer = %conn.peer,
+        %method,
+        %path,
+        status = response.status().as_u16(),
+        micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        "request"
+    );
+    response
+}
+
+/// A JSON response.
+pub(super) fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    // Serialising a `Value` cannot fail: its map keys are strings.
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    let mut response = Response::new(full(bytes));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Run blocking store work (and admission, which reads the store) off the
+/// async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
+}
+
+/// Query parameters the server reads; others (`limit`, `pretty`,
+/// `fieldManager`, `allowWatchBookmarks`, …) are accepted and ignored.
+#[derive(Debug, Default)]
+pub(super) struct Query {
+    pub watch: bool,
+    pub resource_version: Option<String>,
+    pub selectors: Selectors,
+    pub timeout_seconds: Option<u64>,
+    pub dry_run: bool,
+}
+
+impl Query {
+    fn parse(query: Option<&str>) -> Result<Query, ApiError> {
+        let mut parsed = Query::default();
+        for (key, value) in query_pairs(query) {
+            match key.as_str() {
+                "watch" => parsed.watch = matches!(value.as_str(), "1" | "true" | "True"),
+                "resourceVersion" => parsed.resource_version = Some(value).filter(|v| !v.is_empty()),
+                "labelSelector" => {
+                    parsed.selectors.labels = LabelSelector::parse(&value).map_err(ApiError::BadRequest)?;
+                }
+                "fieldSelector" => {
+                    parsed.selectors.fields = FieldSelector::parse(&value).map_err(ApiError::BadRequest)?;
+                }
+                "timeoutSeconds" => {
+                    let seconds =
+                        value.parse().map_err(|_| ApiError::BadRequest(format!("invalid timeoutSeconds {value:?}")))?;
+                    parsed.timeout_seconds = Some(seconds);
+                }
+                "dryRun" => parsed.dry_run = !value.is_empty(),
+                _ => {}
+            }
+        }
+        Ok(parsed)
+    }
+}
+
+fn authenticate(state: &State, conn: &Connection, parts: &Parts) -> Result<Caller, ApiError> {
+    if let Some(caller) = &conn.certificate {
+        return Ok(caller.clone());
+    }
+    let header = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    bearer(header).and_then(|token| state.auth.user(token)).ok_or(ApiError::Unauthorized)
+}
+
+fn method_not_allowed(method: &Method) -> ApiError {
+    ApiError::MethodNotAllowed(format!("the server does not allow this method on the requested resource ({method})"))
+}
+
+async fn dispatch(state: &State, conn: &Connection, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let route = route(request.uri().path(), &state.kinds);
+    let (parts, body) = request.into_parts();
+    // Public: health, version (as kube-apiserver's system:public-info-viewer
+    // allows) and join, which authenticates with its bootstrap token.
+    match &route {
+        Some(Route::Health) => {
+            let mut response = Response::new(full("ok"));
+            response.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain"));
+            return Ok(response);
+        }
+        Some(Route::Version) => return Ok(json_response(StatusCode::OK, &discovery::version())),
+        Some(Route::Join) => return join(state, &parts, body).await,
+        _ => {}
+    }
+    let caller = authenticate(state, conn, &parts)?;
+    let query = Query::parse(parts.uri.query())?;
+    let route = route.ok_or(ApiError::NoRoute)?;
+    let read_only = parts.method == Method::GET;
+    if !read_only && query.dry_run {
+        return Err(ApiError::BadRequest("dryRun is not supported".to_owned()));
+    }
+    match route {
+        Route::CoreVersions => Ok(json_response(StatusCode::OK, &discovery::core_versions(state.local_addr))),
+        Route::Groups => Ok(json_response(StatusCode::OK, &discovery::groups(&state.kinds))),
+        Route::Group(group) => {
+            discovery::group(&state.kinds, &group).map(|v| json_response(StatusCode::OK, &v)).ok_or(ApiError::NoRoute)
+        }
+        Route::Resources(group_version) => {
+            Ok(json_response(StatusCode::OK, &discovery::resources(&state.kinds, &group_version)))
+        }
+        Route::OpenApiV2 => Ok(discovery::openapi_v2(&parts)),
+        Route::Collection { kind, namespace } => {
+            let ns = namespace.as_deref();
+            match parts.method {
+                Method::GET if query.watch => {
+                    authorize(&caller, Verb::Watch, &kind, ns, None)?;
+                    watch::serve(state, kind, namespace, &query).await
+                }
+                Method::GET => {
+                    authorize(&caller, Verb::List, &kind, ns, None)?;
+                    list(state, kind, namespace, &query).await
+                }
+                Method::POST => {
+                    if kind.namespaced && namespace.is_none() {
+                        return Err(ApiError::MethodNotAllowed(format!(
+                            "create {} under /namespaces/{{namespace}}/{}",
+                            kind.resource, kind.resource
+                        )));
+                    }
+                    writable(&kind)?;
+                    authorize(&caller, Verb::Create, &kind, ns, None)?;
+                    create(state, &caller, kind, namespace, &parts, body).await
+                }
+                ref method => Err(method_not_allowed(method)),
+            }
+        }
+        Route::Object { kind, namespace, name } => {
+            let ns = namespace.as_deref();
+            let verb = match parts.method {
+                Method::GET => Verb::Get,
+                Method::PUT => Verb::Update,
+                Method::PATCH => Verb::Patch,
+                Method::DELETE => Verb::Delete,
+                ref method => return Err(method_not_allowed(method)),
+            };
+            if verb != Verb::Get {
+                writable(&kind)?;
+            }
+            authorize(&caller, verb, &kind, ns, Some(&name))?;
+            let target = Target { key: object_key(&kind, ns, &name), kind, namespace, name };
+            match verb {
+                Verb::Get => get(state, target).await,
+                Verb::Update => update(state, target, &parts, body).await,
+                Verb::Patch => patch(state, target, &parts, body).await,
+                _ => delete(state, target, &parts, body).await,
+            }
+        }
+        Route::Health | Route::Version | Route::Join => Err(ApiError::NoRoute),
+    }
+}
+
+/// Kinds controllers derive (endpoints) are not written through the API.
+fn writable(kind: &KindInfo) -> Result<(), ApiError> {
+    if kind.read_only {
+        return Err(ApiError::MethodNotAllowed(format!(
+            "{} are derived by controllers and cannot be written through the API",
+            kind.resource
+        )));
+    }
+    Ok(())
+}
+
+/// One object addressed by URL.
+#[derive(Debug, Clone)]
+struct Target {
+    kind: KindInfo,
+    namespace: Option<String>,
+    name: String,
+    key: String,
+}
+
+/// Parse a stored value. Stored objects were serialised by this server, so
+/// a failure is corruption.
+fn parse_stored(key: &str, bytes: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::Internal(format!("stored object {key} is not JSON: {e}")))
+}
+
+async fn get(state: &State, target: Target) -> Result<Response<Body>, ApiError> {
+    let store = state.store.clone();
+    let key = target.key.clone();
+    let stored = blocking(move || store.get(&key).map_err(|e| ApiError::store("get", e))).await?;
+    let stored = stored.ok_or_else(|| ApiError::NotFound { kind: target.kind.clone(), name: target.name.clone() })?;
+    let object = parse_stored(&target.key, &stored.value)?;
+    Ok(json_response(StatusCode::OK, &with_resource_version(object, stored.revision)))
+}
+
+async fn list(
+    state: &State,
+    kind: KindInfo,
+    namespace: Option<String>,
+    query: &Query,
+) -> Result<Response<Body>, ApiError> {
+    let store = state.store.clone();
+    let prefix = collection_prefix(&kind, namespace.as_deref());
+    let (items, revision) = blocking(move || store.list(&prefix).map_err(|e| ApiError::store("list", e))).await?;
+    let mut objects = Vec::with_capacity(items.len());
+    for (key, stored) in items {
+        let object = parse_stored(&key, &stored.value)?;
+        if query.selectors.matches(&object) {
+            objects.push(with_resource_version(object, stored.revision));
+        }
+    }
+    let list = json!({
+        "kind": format!("{}List", kind.kind),
+        "apiVersion": kind.api_version,
+        "metadata": { "resourceVersion": revision.to_string() },
+        "items": objects,
+    });
+    Ok(json_response(StatusCode::OK, &list))
+}
+
+/// Read and decode a write's body, and check or fill in its `apiVersion`
+/// and `kind`.
+async fn read_object(state: &State, kind: &KindInfo, parts: &Parts, body: Incoming) -> Result<Value, ApiError> {
+    let bytes = body::read(parts, body, state.body_limit).await?;
+    let mut object = body::decode(&body::media_type(parts), &bytes)?;
+    check_type(&mut object, kind)?;
+    Ok(object)
+}
+
+fn check_type(object: &mut Value, kind: &KindInfo) -> Result<(), ApiError> {
+    let Some(map) = object.as_object_mut() else {
+        return Err(ApiError::BadRequest("the request body must be an object".to_owned()));
+    };
+    for (field, expected) in [("apiVersion", kind.api_version), ("kind", kind.kind)] {
+        match map.get(field) {
+            None => {
+                map.insert(field.to_owned(), Value::String(expected.to_owned()));
+            }
+            Some(Value::String(s)) if s.is_empty() => {
+                map.insert(field.to_owned(), Value::String(expected.to_owned()));
+            }
+            Some(Value::String(s)) if s == expected => {}
+            Some(other) => {
+                let field_name = if field == "kind" { "kind" } else { "API version" };
+                return Err(ApiError::BadRequest(format!(
+                    "the {field_name} in the data ({}) does not match the expected {field_name} ({expected})",
+                    other.as_str().unwrap_or("?"),
+                )));
+            }
+        }
+    }
+    if !matches!(map.get("metadata"), None | Some(Value::Object(_))) {
+        return Err(ApiError::BadRequest("metadata must be an object".to_owned()));
+    }
+    Ok(())
+}
+
+/// The metadata the server owns, pinned across admission: whatever an
+/// admission does to these, the stored object carries the server's values.
+#[derive(Debug, Clone)]
+struct Pinned {
+    name: String,
+    namespace: Option<String>,
+    uid: Value,
+    creation_timestamp: Value,
+}
+
+impl Pinned {
+    fn apply(&self, object: &mut Value) {
+        let Some(meta) = metadata_mut(object) else { return };
+        meta.insert("name".to_owned(), Value::String(self.name.clone()));
+        match &self.namespace {
+            Some(namespace) => meta.insert("namespace".to_owned(), Value::String(namespace.clone())),
+            None => meta.remove("namespace"),
+        };
+        for (field, value) in [("uid", &self.uid), ("creationTimestamp", &self.creation_timestamp)] {
+            match value {
+                Value::Null => meta.remove(field),
+                value => meta.insert(field.to_owned(), value.clone()),
+            };
+        }
+        // resourceVersion is the revision of the write, known only once it
+        // commits: it is never stored, and set on every object read.
+        meta.remove("resourceVersion");
+    }
+}
+
+fn generation(object: &Value) -> i64 {
+    object.get("metadata").and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn set_generation(object: &mut Value, generation: i64) {
+    if let Some(meta) = metadata_mut(object) {
+        meta.insert("generation".to_owned(), Value::from(generation));
+    }
+}
+
+/// Check the name and namespace of a body against the URL (a missing
+/// namespace is taken from the URL).
+fn check_identity(object: &mut Value, target: &Target) -> Result<(), ApiError> {
+    let name = meta_str(object, "name").map(str::to_owned);
+    if name.as_deref() != Some(target.name.as_str()) {
+        return Err(ApiError::BadRequest(format!(
+            "the name of the object ({}) does not match the name on the URL ({})",
+            name.unwrap_or_default(),
+            target.name
+        )));
+    }
+    check_namespace(object, &target.kind, target.namespace.as_deref())
+}
+
+fn check_namespace(object: &mut Value, kind: &KindInfo, namespace: Option<&str>) -> Result<(), ApiError> {
+    let body_namespace = meta_str(object, "namespace").map(str::to_owned);
+    let meta = metadata_mut(object).ok_or_else(|| ApiError::BadRequest("metadata must be an object".to_owned()))?;
+    match namespace {
+        Some(namespace) if kind.namespaced => {
+            if body_namespace.as_deref().is_some_and(|b| b != namespace) {
+                return Err(ApiError::BadRequest(
+                    "the namespace of the provided object does not match the namespace sent on the request".to_owned(),
+                ));
+            }
+            meta.insert("namespace".to_owned(), Value::String(namespace.to_owned()));
+        }
+        // Cluster-scoped objects have no namespace; kube-apiserver drops one
+        // sent anyway.
+        _ => {
+            meta.remove("namespace");
+        }
+    }
+    Ok(())
+}
+
+fn random_failed(_: rustls::crypto::GetRandomFailed) -> ApiError {
+    ApiError::Internal("the system random number generator failed".to_owned())
+}
+
+async fn create(
+    state: &State,
+    caller: &Caller,
+    kind: KindInfo,
+    namespace: Option<String>,
+    parts: &Parts,
+    body: Incoming,
+) -> Result<Response<Body>, ApiError> {
+    let mut object = read_object(state, &kind, parts, body).await?;
+    let name = match (meta_str(&object, "name"), meta_str(&object, "generateName")) {
+        (Some(name), _) => name.to_owned(),
+        (None, Some(prefix)) => format!("{prefix}{}", name_suffix().map_err(random_failed)?),
+        (None, None) => {
+            return Err(ApiError::invalid(
+                &kind,
+                "",
+                "metadata.name",
+                "Required value: name or generateName is required".to_owned(),
+            ));
+        }
+    };
+    if let Some(problem) = path_segment_problem(&name) {
+        return Err(ApiError::invalid(&kind, &name, "metadata.name", format!("Invalid value: {name:?}: {problem}")));
+    }
+    if meta_str(&object, "resourceVersion").is_some() {
+        return Err(ApiError::BadRequest("resourceVersion should not be set on objects to be created".to_owned()));
+    }
+    check_namespace(&mut object, &kind, namespace.as_deref())?;
+    authorize(caller, Verb::Create, &kind, namespace.as_deref(), Some(&name))?;
+    let pinned = Pinned {
+        name: name.clone(),
+        namespace: namespace.clone().filter(|_| kind.namespaced),
+        uid: Value::String(new_uid().map_err(random_failed)?),
+        creation_timestamp: Value::String(rfc3339(unix_now())),
+    };
+    pinned.apply(&mut object);
+    set_generation(&mut object, 1);
+    let target = Target { key: object_key(&kind, namespace.as_deref(), &name), kind, namespace, name };
+    let (store, admission) = (state.store.clone(), state.admission.clone());
+    let (object, revision) = blocking(move || write_create(&*store, &*admission, &target, &pinned, object)).await?;
+    Ok(json_response(StatusCode::CREATED, &with_resource_version(object, revision)))
+}
+
+/// What to do with a failed write transaction that did not fail on the
+/// object's own key: admission's operations lost a race (another write
+/// took the address first), so admit again, up to [`ADMISSION_ATTEMPTS`].
+fn retry_admission(err: StoreError, attempt: usize, target: &Target) -> Result<(), ApiError> {
+    match err {
+        StoreError::AlreadyExists { .. } | StoreError::Conflict { .. } | StoreError::NotFound { .. }
+            if attempt < ADMISSION_ATTEMPTS =>
+        {
+            tracing::debug!(key = %target.key, attempt, error = %err, "admission raced with another write; admitting again");
+            Ok(())
+        }
+        StoreError::AlreadyExists { .. } | StoreError::Conflict { .. } | StoreError::NotFound { .. } => {
+            Err(ApiError::Conflict {
+                kind: target.kind.clone(),
+                name: target.name.clone(),
+                reason: format!("concurrent writes kept changing what this write depends on ({err}); please try again"),
+            })
+        }
+        StoreError::DuplicateKey { key } => {
+            Err(ApiError::Internal(format!("admission of {} wrote {key} twice", target.key)))
+        }
+        err => Err(ApiError::store("write", err)),
+    }
+}
+
+fn serialise(object: &Value) -> Vec<u8> {
+    // Serialising a `Value` cannot fail: its map keys are strings.
+    serde_json::to_vec(object).unwrap_or_default()
+}
+
+fn write_create(
+    store: &dyn Store,
+    admission: &dyn Admission,
+    target: &Target,
+    pinned: &Pinned,
+    object: Value,
+) -> Result<(Value, Revision), ApiError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut candidate = object.clone();
+        let ops = admission
+            .admit(&target.kind, &mut candidate, None, store)
+            .map_err(|r| ApiError::rejected(r, &target.kind, &target.name, &candidate))?;
+        pinned.apply(&mut candidate);
+        let mut txn = Vec::with_capacity(1 + ops.len());
+        txn.push(Op::Create { key: target.key.clone(), value: serialise(&candidate) });
+        txn.extend(ops);
+        match store.txn(&txn) {
+            Ok(revision) => return Ok((candidate, revision)),
+            Err(StoreError::AlreadyExists { key, .. }) if key == target.key => {
+                return Err(ApiError::AlreadyExists { kind: target.kind.clone(), name: target.name.clone() });
+            }
+            Err(err) => retry_admission(err, attempt, target)?,
+        }
+    }
+}
+
+/// How an update computes the new object from the stored one.
+enum Change {
+    /// PUT: the body replaces the object.
+    Replace(Value),
+    /// PATCH with a JSON merge patch.
+    MergePatch(Value),
+}
+
+async fn update(state: &State, target: Target, parts: &Parts, body: Incoming) -> Result<Response<Body>, ApiError> {
+    let mut object = read_object(state, &target.kind, parts, body).await?;
+    check_identity(&mut object, &target)?;
+    let expected = match meta_str(&object, "resourceVersion") {
+        None => {
+            return Err(ApiError::invalid(
+                &target.kind,
+                &target.name,
+                "metadata.resourceVersion",
+                "Invalid value: 0x0: must be specified for an update".to_owned(),
+            ));
+        }
+        Some(rv) => parse_revision(rv)?,
+    };
+    write_update(state, target, Change::Replace(object), Some(expected)).await
+}
+
+fn parse_revision(rv: &str) -> Result<Revision, ApiError> {
+    rv.parse().map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {rv:?}: not a number")))
+}
+
+async fn patch(state: &State, target: Target, parts: &Parts, body: Incoming) -> Result<Response<Body>, ApiError> {
+    let media_type = body::media_type(parts);
+    if media_type != "application/merge-patch+json" {
+        return Err(ApiError::UnsupportedMediaType {
+            content_type: media_type,
+            accepted: "application/merge-patch+json",
+        });
+    }
+    let bytes = body::read(parts, body, state.body_limit).await?;
+    let patch = body::decode("application/json", &bytes)?;
+    // A resourceVersion in the patch is a precondition, as in Kubernetes.
+    let expected = meta_str(&patch, "resourceVersion").map(parse_revision).transpose()?;
+    write_update(state, target, Change::MergePatch(patch), expected).await
+}
+
+async fn write_update(
+    state: &State,
+    target: Target,
+    change: Change,
+    expected: Option<Revision>,
+) -> Result<Response<Body>, ApiError> {
+    let (store, admission) = (state.store.clone(), state.admission.clone());
+    let (object, revision) =
+        blocking(move || update_blocking(&*store, &*admission, &target, &change, expected)).await?;
+    Ok(json_response(StatusCode::OK, &with_resource_version(object, revision)))
+}
+
+fn update_blocking(
+    store: &dyn Store,
+    admission: &dyn Admission,
+    target: &Target,
+    change: &Change,
+    expected: Option<Revision>,
+) -> Result<(Value, Revision), ApiError> {
+    let not_found = || ApiError::NotFound { kind: target.kind.clone(), name: target.name.clone() };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let current = store.get(&target.key).map_err(|e| ApiError::store("get", e))?.ok_or_else(not_found)?;
+        if expected.is_some_and(|e| e != current.revision) {
+            return Err(ApiError::modified(&target.kind, &target.name));
+        }
+        let old = parse_stored(&target.key, &current.value)?;
+        let mut candidate = match change {
+            Change::Replace(object) => object.clone(),
+            Change::MergePatch(patch) => {
+                let mut patched = old.clone();
+                merge_patch(&mut patched, patch);
+                check_type(&mut patched, &target.kind)?;
+                check_identity(&mut patched, target)?;
+                patched
+            }
+        };
+        let pinned = Pinned {
+            name: target.name.clone(),
+            namespace: target.namespace.clone().filter(|_| target.kind.namespaced),
+            uid: old.get("metadata").and_then(|m| m.get("uid")).cloned().unwrap_or(Value::Null),
+            creation_timestamp: old
+                .get("metadata")
+                .and_then(|m| m.get("creationTimestamp"))
+                .cloned()
+                .unwrap_or(Value::Null),
+        };
+        pinned.apply(&mut candidate);
+        set_generation(&mut candidate, generation(&old));
+        let ops = admission
+            .admit(&target.kind, &mut candidate, Some(&old), store)
+            .map_err(|r| ApiError::rejected(r, &target.kind, &target.name, &candidate))?;
+        pinned.apply(&mut candidate);
+        // The generation counts changes of the desired state.
+        let spec_changed = candidate.get("spec") != old.get("spec");
+        set_generation(&mut candidate, generation(&old).max(1) + i64::from(spec_changed));
+        if ops.is_empty() && candidate == old {
+            // Nothing changed: no write, no new resourceVersion, no event.
+            return Ok((old, current.revision));
+        }
+        let mut txn = Vec::with_capacity(1 + ops.len());
+        txn.push(Op::Update {
+            key: target.key.clone(),
+            value: serialise(&candidate),
+            expected: Some(current.revision),
+        });
+        txn.extend(ops);
+        match store.txn(&txn) {
+            Ok(revision) => return Ok((candidate, revision)),
+            Err(StoreError::Conflict { key, .. }) if key == target.key => {
+                // Changed since we read it: the client's precondition is
+                // stale, or (without one) read again and redo the change.
+                if expected.is_some() || attempt >= ADMISSION_ATTEMPTS {
+                    return Err(ApiError::modified(&target.kind, &target.name));
+                }
+            }
+            Err(StoreError::NotFound { key }) if key == target.key => return Err(not_found()),
+            Err(err) => retry_admission(err, attempt, target)?,
+        }
+    }
+}
+
+async fn delete(state: &State, target: Target, parts: &Parts, body: Incoming) -> Result<Response<Body>, ApiError> {
+    let bytes = body::read(parts, body, state.body_limit).await?;
+    let options = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Value::Object(Map::new())
+    } else {
+        body::decode(&body::media_type(parts), &bytes)?
+    };
+    let preconditions = options.get("preconditions");
+    let precondition =
+        |field| preconditions.and_then(|p| p.get(field)).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let expected = precondition("resourceVersion").map(parse_revision).transpose()?;
+    let uid = precondition("uid").map(str::to_owned);
+    let (store, admission) = (state.store.clone(), state.admission.clone());
+    let (object, revision) =
+        blocking(move || delete_blocking(&*store, &*admission, &target, expected, uid.as_deref())).await?;
+    Ok(json_response(StatusCode::OK, &with_resource_version(object, revision)))
+}
+
+fn delete_blocking(
+    store: &dyn Store,
+    admission: &dyn Admission,
+    target: &Target,
+    expected: Option<Revision>,
+    uid: Option<&str>,
+) -> Result<(Value, Revision), ApiError> {
+    let not_found = || ApiError::NotFound { kind: target.kind.clone(), name: target.name.clone() };
+    let precondition_failed = |what: &str, wanted: &str, actual: &str| ApiError::Conflict {
+        kind: target.kind.clone(),
+        name: target.name.clone(),
+        reason: format!("Precondition failed: {what} in precondition: {wanted}, {what} in object meta: {actual}"),
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let current = store.get(&target.key).map_err(|e| ApiError::store("get", e))?.ok_or_else(not_found)?;
+        if let Some(expected) = expected
+            && expected != current.revision
+        {
+            return Err(precondition_failed("ResourceVersion", &expected.to_string(), &current.revision.to_string()));
+        }
+        let old = parse_stored(&target.key, &current.value)?;
+        let old_uid = meta_str(&old, "uid").unwrap_or_default();
+        if let Some(uid) = uid
+            && uid != old_uid
+        {
+            return Err(precondition_failed("UID", uid, old_uid));
+        }
+        let mut txn = vec![Op::Delete { key: target.key.clone(), expected: Some(current.revision) }];
+        txn.extend(admission.release(&target.kind, &old, store));
+        match store.txn(&txn) {
+            Ok(revision) => return Ok((old, revision)),
+            Err(StoreError::NotFound { key }) if key == target.key => return Err(not_found()),
+            // Changed between our read and the delete: check the
+            // preconditions and the releases against the new version.
+            Err(StoreError::Conflict { key, .. }) if key == target.key && attempt < ADMISSION_ATTEMPTS => {}
+            Err(StoreError::Conflict { key, .. }) if key == target.key => {
+                return Err(ApiError::modified(&target.kind, &target.name));
+            }
+            Err(err) => retry_admission(err, attempt, target)?,
+        }
+    }
+}
+
+/// The join request: `{"nodeName": "node-1"}` with `Authorization: Bearer
+/// <bootstrap token>`.
+const JOIN_KIND: KindInfo = KindInfo {
+    api_version: "bootstrap.berth.dev/v1",
+    kind: "JoinRequest",
+    resource: "joins",
+    namespaced: false,
+    read_only: false,
+};
+
+async fn join(state: &State, parts: &Parts, body: Incoming) -> Result<Response<Body>, ApiError> {
+    if parts.method != Method::POST {
+        return Err(method_not_allowed(&parts.method));
+    }
+    let ca = state.auth.node_ca.clone().ok_or(ApiError::NoRoute)?;
+    let header = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if !bearer(header).is_some_and(|token| state.auth.is_bootstrap_token(token)) {
+        return Err(ApiError::Unauthorized);
+    }
+    let bytes = body::read(parts, body, state.body_limit).await?;
+    let request = body::decode(&body::media_type(parts), &bytes)?;
+    let name = request.get("nodeName").and_then(Value::as_str).unwrap_or_default().to_owned();
+    if let Some(problem) = dns_subdomain_problem(&name) {
+        let message = if name.is_empty() {
+            format!("Required value: {problem}")
+        } else {
+            format!("Invalid value: {name:?}: {problem}")
+        };
+        return Err(ApiError::invalid(&JOIN_KIND, &name, "nodeName", message));
+    }
+    let node = name.clone();
+    let issued = blocking(move || {
+        ca.issue_node(&node).map_err(|e| ApiError::Internal(format!("issuing a certificate for node {node}: {e}")))
+    })
+    .await?;
+    tracing::info!(node = %name, "node joined: issued its client certificate");
+    let ca_pem = state.auth.node_ca.as_ref().map(|ca| ca.cert_pem().to_owned()).unwrap_or_default();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": "JoinResponse",
+            "apiVersion": JOIN_KIND.api_version,
+            "nodeName": name,
+            "certificate": issued.cert_pem,
+            "key": issued.key_pem,
+            "ca": ca_pem,
+        }),
+    ))
+}
+
+/// Why `name` is not a DNS subdomain (RFC 1123), as Node names must be.
+pub(super) fn dns_subdomain_problem(name: &str) -> Option<&'static str> {
+    const RULE: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or \
+                        '.', and must start and end with an alphanumeric character";
+    if name.is_empty() {
+        return Some("a node name is required");
+    }
+    if name.len() > 253 {
+        return Some("must be no more than 253 characters");
+    }
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    if name.split('.').all(label_ok) { None } else { Some(RULE) }
+}
