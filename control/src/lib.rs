@@ -23,4 +23,5 @@ pub mod controllers;
 pub mod leader;
 pub mod resources;
 pub mod scheduler;
+pub mod serve;
 pub mod store;

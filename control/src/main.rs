@@ -24,6 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the API server (HTTPS) over the embedded store or etcd.
+    Serve(Box<ServeArgs>),
     /// Create or update objects from YAML (multi-document; a directory; `-`).
     Apply {
         #[arg(short = 'f', long = "filename")]
@@ -69,6 +71,35 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[arg(long, env = "BERTH_LISTEN", default_value = "127.0.0.1:6443")]
+    listen: std::net::SocketAddr,
+    /// The store file, the CA, the server certificate, the first token.
+    #[arg(long, env = "BERTH_DATA_DIR", default_value = "/var/lib/berth-control")]
+    data_dir: PathBuf,
+    /// etcd endpoints (comma-separated); the embedded store when absent.
+    #[arg(long, env = "BERTH_ETCD_ENDPOINTS", value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// The key prefix in etcd (several clusters may share one etcd).
+    #[arg(long, default_value = "/berth")]
+    etcd_root: String,
+    /// Bearer tokens, kube-apiserver's CSV format (`token,user,uid,"groups"`);
+    /// generated on first start when absent.
+    #[arg(long, env = "BERTH_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Tokens nodes present to join (repeatable).
+    #[arg(long = "bootstrap-token", env = "BERTH_BOOTSTRAP_TOKENS", value_delimiter = ',')]
+    bootstrap_tokens: Vec<String>,
+    /// Extra names/addresses for the server certificate (repeatable).
+    #[arg(long = "san")]
+    sans: Vec<String>,
+    #[arg(long, default_value = "198.19.0.0/16")]
+    service_cidr: String,
+    #[arg(long, default_value = "30000-32767")]
+    node_port_range: String,
+}
+
 #[derive(Subcommand)]
 enum Rollout {
     /// Wait until the rollout finishes, showing progress.
@@ -90,6 +121,31 @@ fn config_path(cli: &Option<PathBuf>) -> PathBuf {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = config_path(&cli.config);
+    if let Command::Serve(args) = cli.command {
+        let args = *args;
+        let store = if args.etcd_endpoints.is_empty() {
+            berth_control::serve::StoreChoice::Redb
+        } else {
+            berth_control::serve::StoreChoice::Etcd { endpoints: args.etcd_endpoints, root: args.etcd_root }
+        };
+        let result = berth_control::serve::run(berth_control::serve::ServeOptions {
+            listen: args.listen,
+            data_dir: args.data_dir,
+            store,
+            token_file: args.token_file,
+            bootstrap_tokens: args.bootstrap_tokens,
+            sans: args.sans,
+            service_cidr: args.service_cidr,
+            node_port_range: args.node_port_range,
+        });
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("berth serve: {e}");
+                ExitCode::from(e.exit_code() as u8)
+            }
+        };
+    }
     if let Command::Config { server, ca, token, cert, key } = &cli.command {
         let config = Config {
             server: server.clone(),
@@ -143,7 +199,7 @@ async fn run(cli: Cli, path: &std::path::Path) -> Result<(), ClientError> {
                 .await?;
             print!("{done}");
         }
-        Command::Config { .. } => {}
+        Command::Config { .. } | Command::Serve(_) => {}
     }
     Ok(())
 }

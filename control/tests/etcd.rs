@@ -10,6 +10,10 @@
 //! events, which etcd delivers asynchronously.
 #![allow(clippy::unwrap_used, reason = "tests panic so failures carry a backtrace")]
 
+mod common;
+
+use common::TEST_IP;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{Read, Write};
@@ -71,8 +75,8 @@ impl EtcdServer {
     fn try_start(binary: &std::path::Path) -> Result<EtcdServer, String> {
         let dir = tempfile::tempdir().unwrap();
         let (client_port, peer_port) = free_ports();
-        let client = format!("http://127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
+        let client = format!("http://{TEST_IP}:{client_port}");
+        let peer = format!("http://{TEST_IP}:{peer_port}");
         let log = dir.path().join("etcd.log");
         let out = File::create(&log).unwrap();
         let child = Command::new(binary)
@@ -103,11 +107,11 @@ impl EtcdServer {
     }
 
     fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("http://{TEST_IP}:{}", self.client_port)
     }
 
     fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.client_port))
+        SocketAddr::new(TEST_IP.parse().unwrap(), self.client_port)
     }
 
     fn log(&self) -> String {
@@ -136,19 +140,19 @@ impl Drop for EtcdServer {
 }
 
 fn free_ports() -> (u16, u16) {
-    let a = TcpListener::bind("127.0.0.1:0").unwrap();
-    let b = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = TcpListener::bind(format!("{TEST_IP}:0")).unwrap();
+    let b = TcpListener::bind(format!("{TEST_IP}:0")).unwrap();
     (a.local_addr().unwrap().port(), b.local_addr().unwrap().port())
 }
 
 /// etcd's `/health` on the client port says `"health":"true"` once it has a
 /// leader and serves requests.
 fn healthy(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), WAIT) else {
+    let Ok(mut stream) = TcpStream::connect_timeout(&SocketAddr::new(TEST_IP.parse().unwrap(), port), WAIT) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
+    if stream.write_all(b"GET /health HTTP/1.0\r\nHost: etcd\r\n\r\n").is_err() {
         return false;
     }
     let mut answer = String::new();
@@ -213,6 +217,7 @@ fn revisions(events: &[Event]) -> Vec<Revision> {
 
 #[test]
 fn crud_round_trip() {
+    common::isolate();
     let etcd = EtcdServer::start();
     let s = etcd.store("/berth");
     let b = s.current_revision().unwrap();
@@ -265,6 +270,7 @@ fn crud_round_trip() {
 
 #[test]
 fn revision_grows_by_one_per_write_and_not_on_failures() {
+    common::isolate();
     let etcd = EtcdServer::start();
     let s = etcd.store("/berth");
     let mut last = s.current_revision().unwrap();
@@ -291,6 +297,7 @@ fn revision_grows_by_one_per_write_and_not_on_failures() {
 
 #[test]
 fn stale_update_and_delete_report_both_revisions() {
+    common::isolate();
     let etcd = EtcdServer::start();
     let s = etcd.store("/berth");
     let first = s.create("/svc/web", b"v1").unwrap();
@@ -310,6 +317,7 @@ fn stale_update_and_delete_report_both_revisions() {
 
 #[test]
 fn txn_is_all_or_nothing_with_one_revision() {
+    common::isolate();
     let etcd = EtcdServer::start();
     let s = etcd.store("/berth");
     let b = s.current_revision().unwrap();
@@ -359,6 +367,7 @@ fn txn_is_all_or_nothing_with_one_revision() {
 
 #[test]
 fn list_is_sorted_prefix_scoped_paginated_and_carries_the_revision() {
+    common::isolate();
     let etcd = EtcdServer::start();
     let s = etcd.store("/berth");
     let b = s.current_revision().unwrap();
@@ -392,6 +401,7 @@ fn list_is_sorted_prefix_scoped_paginated_and_carries_the_revision() {
 /// equal and no newer than the revision it reports.
 #[test]
 fn list_is_a_consistent_snapshot_under_writes() {
+    common::isolate();
     let etcd = EtcdServer::start();
     let s = etcd.store("/berth");
     s.txn(&[create("/pair/a", b"0"), create("/pair/b", b"0")]).unwrap();
@@ -415,6 +425,7 @@ fn list_is_a_consistent_snapshot_under_writes() {
 
 #[test]
 fn roots_keep_clusters_apart() {
+    common::isolate();
     let etcd = EtcdServer::start();
     let berth = etcd.store("/berth/");
     assert_eq!(berth.root(), "/berth");
@@ -449,6 +460,7 @@ fn roots_keep_clusters_apart() {
 
 #[test]
 fn watch_replays_from_a_revision_then_goes_live() {
+    common::isolate();
     let etcd = EtcdServer::start();
     let s = etcd.store("/berth");
     let b = s.current_revision().unwrap();
@@ -472,6 +484,7 @@ fn watch_replays_from_a_revision_then_goes_live() {
 
 #[test]
 fn watch_from_a_middle_revision_and_from_the_future() {
+    common::isolate();
     let etcd = EtcdServer::start();
     let s = etcd.store("/berth");
     let b = s.current_revision().unwrap();
@@ -497,33 +510,35 @@ fn watch_from_a_middle_revision_and_from_the_future() {
 /// The documented way to use the store from async code: every call in
 /// `spawn_blocking`, watches read with `recv().await`, and the store
 /// dropped on a worker thread.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn async_callers_use_spawn_blocking() {
-    let etcd = EtcdServer::start();
-    let options = etcd.options("/berth");
-    let store: Arc<dyn Store> =
-        Arc::new(tokio::task::spawn_blocking(move || EtcdStore::connect(options)).await.unwrap().unwrap());
-    let s = Arc::clone(&store);
-    let (b, mut watch) = tokio::task::spawn_blocking(move || {
-        let b = s.current_revision().unwrap();
-        (b, s.watch("/pods/", b).unwrap())
-    })
-    .await
-    .unwrap();
-    let s = Arc::clone(&store);
-    let writer = tokio::task::spawn_blocking(move || {
+#[test]
+fn async_callers_use_spawn_blocking() {
+    common::run(async {
+        let etcd = EtcdServer::start();
+        let options = etcd.options("/berth");
+        let store: Arc<dyn Store> =
+            Arc::new(tokio::task::spawn_blocking(move || EtcdStore::connect(options)).await.unwrap().unwrap());
+        let s = Arc::clone(&store);
+        let (b, mut watch) = tokio::task::spawn_blocking(move || {
+            let b = s.current_revision().unwrap();
+            (b, s.watch("/pods/", b).unwrap())
+        })
+        .await
+        .unwrap();
+        let s = Arc::clone(&store);
+        let writer = tokio::task::spawn_blocking(move || {
+            for i in 0..3u8 {
+                s.create(&format!("/pods/{i}"), &[i]).unwrap();
+            }
+        });
         for i in 0..3u8 {
-            s.create(&format!("/pods/{i}"), &[i]).unwrap();
+            let event = tokio::time::timeout(WAIT, watch.recv()).await.unwrap().unwrap();
+            assert_eq!(event, ev(EventKind::Added, &format!("/pods/{i}"), &[i], b + 1 + u64::from(i)));
         }
-    });
-    for i in 0..3u8 {
-        let event = tokio::time::timeout(WAIT, watch.recv()).await.unwrap().unwrap();
-        assert_eq!(event, ev(EventKind::Added, &format!("/pods/{i}"), &[i], b + 1 + u64::from(i)));
-    }
-    writer.await.unwrap();
-    drop(store);
-    let e = tokio::time::timeout(WAIT, watch.recv()).await.unwrap().unwrap_err();
-    assert!(matches!(e, StoreError::WatchClosed { .. }), "{e:?}");
+        writer.await.unwrap();
+        drop(store);
+        let e = tokio::time::timeout(WAIT, watch.recv()).await.unwrap().unwrap_err();
+        assert!(matches!(e, StoreError::WatchClosed { .. }), "{e:?}");
+    })
 }
 
 /// Several threads write while watchers keep starting, from the start and
@@ -531,6 +546,7 @@ async fn async_callers_use_spawn_blocking() {
 /// range exactly once, in order.
 #[test]
 fn concurrent_writers_leave_no_gaps_or_duplicates() {
+    common::isolate();
     const WRITERS: u64 = 4;
     const PER_WRITER: u64 = 40;
     let etcd = EtcdServer::start();
@@ -576,6 +592,7 @@ fn concurrent_writers_leave_no_gaps_or_duplicates() {
 
 #[test]
 fn slow_watcher_is_cut_off_with_the_revision_to_resume_from() {
+    common::isolate();
     let etcd = EtcdServer::start();
     let s = EtcdStore::connect(EtcdOptions { watch_capacity: 4, ..etcd.options("/berth") }).unwrap();
     let b = s.current_revision().unwrap();
@@ -601,6 +618,7 @@ fn slow_watcher_is_cut_off_with_the_revision_to_resume_from() {
 
 #[test]
 fn compaction_makes_old_revisions_too_old() {
+    common::isolate();
     let etcd = EtcdServer::start();
     let s = etcd.store("/berth");
     let b = s.current_revision().unwrap();
@@ -641,6 +659,7 @@ fn compaction_makes_old_revisions_too_old() {
 /// `from`, so a deletion just above the compaction is replayed.
 #[test]
 fn a_deletion_just_above_the_compaction_is_replayed() {
+    common::isolate();
     let etcd = EtcdServer::start();
     let s = etcd.store("/berth");
     let created = s.create("/d", b"v").unwrap();
@@ -655,6 +674,7 @@ fn a_deletion_just_above_the_compaction_is_replayed() {
 
 #[test]
 fn dropping_the_store_ends_its_watches() {
+    common::isolate();
     let etcd = EtcdServer::start();
     let store = etcd.store("/berth");
     let b = store.current_revision().unwrap();
@@ -669,15 +689,16 @@ fn dropping_the_store_ends_its_watches() {
 
 #[test]
 fn unreachable_etcd_fails_to_connect() {
+    common::isolate();
     let (port, _) = free_ports();
     let options = EtcdOptions {
         request_timeout: Duration::from_secs(1),
-        ..EtcdOptions::new([format!("http://127.0.0.1:{port}")])
+        ..EtcdOptions::new([format!("http://{TEST_IP}:{port}")])
     };
     let started = Instant::now();
     let e = EtcdStore::connect(options).unwrap_err();
     assert!(matches!(e, StoreError::Backend { .. }), "{e:?}");
-    assert!(e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}");
+    assert!(e.to_string().contains(&format!("{TEST_IP}:{port}")), "{e}");
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
 }
 
@@ -873,6 +894,7 @@ fn check_against_model(store: &EtcdStore, steps: &[Step]) -> Result<(), TestCase
 
 #[test]
 fn etcd_store_matches_the_model() {
+    common::isolate();
     let etcd = EtcdServer::start();
     let mut runner = TestRunner::new(Config { cases: 32, failure_persistence: None, ..Config::default() });
     let case = Mutex::new(0u32);
@@ -895,15 +917,17 @@ fn etcd_store_matches_the_model() {
 // ---------------------------------------------------------------------------
 // Leader election
 
-#[tokio::test]
-async fn single_is_always_the_leader() {
-    let elector = Elector::single();
-    let leadership = elector.campaign().await.unwrap();
-    assert!(leadership.is_leader());
-    assert_eq!(leadership.key(), None);
-    assert!(tokio::time::timeout(Duration::from_millis(100), leadership.lost()).await.is_err());
-    assert_eq!(elector.leader().await.unwrap(), None);
-    leadership.resign().await.unwrap();
+#[test]
+fn single_is_always_the_leader() {
+    common::run(async {
+        let elector = Elector::single();
+        let leadership = elector.campaign().await.unwrap();
+        assert!(leadership.is_leader());
+        assert_eq!(leadership.key(), None);
+        assert!(tokio::time::timeout(Duration::from_millis(100), leadership.lost()).await.is_err());
+        assert_eq!(elector.leader().await.unwrap(), None);
+        leadership.resign().await.unwrap();
+    })
 }
 
 /// Campaign in the background; the leadership and when it began.
@@ -933,54 +957,56 @@ async fn winner(
 /// the store's runtime, used from this one): exactly one leads at a time;
 /// a resignation hands over at once, a crash (the leadership dropped,
 /// nothing renews its lease) within the TTL + 1 s.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exactly_one_leader_and_handover() {
-    let etcd = EtcdServer::start();
-    let options = etcd.options("/berth");
-    let store = tokio::task::spawn_blocking(move || EtcdStore::connect(options)).await.unwrap().unwrap();
-    let election = "/berth.elections/controllers";
-    let electors = [
-        ("a", Arc::new(store.elector("controllers", "a", TTL))),
-        ("b", Arc::new(Elector::etcd(etcd.client().await, election, "b", TTL))),
-        ("c", Arc::new(Elector::etcd(etcd.client().await, election, "c", TTL))),
-    ];
-    let mut tasks: Vec<_> = electors.iter().map(|(name, e)| (*name, campaign(Arc::clone(e)))).collect();
+#[test]
+fn exactly_one_leader_and_handover() {
+    common::run(async {
+        let etcd = EtcdServer::start();
+        let options = etcd.options("/berth");
+        let store = tokio::task::spawn_blocking(move || EtcdStore::connect(options)).await.unwrap().unwrap();
+        let election = "/berth.elections/controllers";
+        let electors = [
+            ("a", Arc::new(store.elector("controllers", "a", TTL))),
+            ("b", Arc::new(Elector::etcd(etcd.client().await, election, "b", TTL))),
+            ("c", Arc::new(Elector::etcd(etcd.client().await, election, "c", TTL))),
+        ];
+        let mut tasks: Vec<_> = electors.iter().map(|(name, e)| (*name, campaign(Arc::clone(e)))).collect();
 
-    let (first, leadership, _) = winner(&mut tasks).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(tasks.iter().all(|(_, t)| !t.is_finished()), "a second leader next to {first}");
-    assert!(leadership.is_leader());
-    assert_eq!(electors[0].1.leader().await.unwrap().as_deref(), Some(first));
+        let (first, leadership, _) = winner(&mut tasks).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(tasks.iter().all(|(_, t)| !t.is_finished()), "a second leader next to {first}");
+        assert!(leadership.is_leader());
+        assert_eq!(electors[0].1.leader().await.unwrap().as_deref(), Some(first));
 
-    // Resigning hands over at once.
-    let resigned = Instant::now();
-    leadership.resign().await.unwrap();
-    let (second, leadership, at) = winner(&mut tasks).await;
-    eprintln!("{first} resigned, {second} leads after {:?}", at - resigned);
-    assert!(at - resigned < Duration::from_secs(1), "{:?}", at - resigned);
-    assert_ne!(first, second);
-    assert_eq!(electors[1].1.leader().await.unwrap().as_deref(), Some(second));
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(tasks.iter().all(|(_, t)| !t.is_finished()));
+        // Resigning hands over at once.
+        let resigned = Instant::now();
+        leadership.resign().await.unwrap();
+        let (second, leadership, at) = winner(&mut tasks).await;
+        eprintln!("{first} resigned, {second} leads after {:?}", at - resigned);
+        assert!(at - resigned < Duration::from_secs(1), "{:?}", at - resigned);
+        assert_ne!(first, second);
+        assert_eq!(electors[1].1.leader().await.unwrap().as_deref(), Some(second));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(tasks.iter().all(|(_, t)| !t.is_finished()));
 
-    // A crash: nobody renews the lease; the last candidate takes over once
-    // it expires.
-    let crashed = Instant::now();
-    drop(leadership);
-    let (third, leadership, at) = winner(&mut tasks).await;
-    eprintln!("{second} crashed, {third} leads after {:?}", at - crashed);
-    assert!(at - crashed < TTL + Duration::from_secs(1), "{:?}", at - crashed);
-    assert_eq!(electors[2].1.leader().await.unwrap().as_deref(), Some(third));
-    assert!(leadership.is_leader());
+        // A crash: nobody renews the lease; the last candidate takes over once
+        // it expires.
+        let crashed = Instant::now();
+        drop(leadership);
+        let (third, leadership, at) = winner(&mut tasks).await;
+        eprintln!("{second} crashed, {third} leads after {:?}", at - crashed);
+        assert!(at - crashed < TTL + Duration::from_secs(1), "{:?}", at - crashed);
+        assert_eq!(electors[2].1.leader().await.unwrap().as_deref(), Some(third));
+        assert!(leadership.is_leader());
 
-    // Deleting the leader's key from outside ends the leadership.
-    let key = leadership.key().unwrap().to_owned();
-    etcd.client().await.delete(key, None).await.unwrap();
-    let lost = tokio::time::timeout(WAIT, leadership.lost()).await.unwrap();
-    assert_eq!(lost, Lost::KeyDeleted);
-    assert!(!leadership.is_leader());
-    assert_eq!(electors[0].1.leader().await.unwrap(), None);
-    tokio::task::spawn_blocking(move || drop(store)).await.unwrap();
+        // Deleting the leader's key from outside ends the leadership.
+        let key = leadership.key().unwrap().to_owned();
+        etcd.client().await.delete(key, None).await.unwrap();
+        let lost = tokio::time::timeout(WAIT, leadership.lost()).await.unwrap();
+        assert_eq!(lost, Lost::KeyDeleted);
+        assert!(!leadership.is_leader());
+        assert_eq!(electors[0].1.leader().await.unwrap(), None);
+        tokio::task::spawn_blocking(move || drop(store)).await.unwrap();
+    })
 }
 
 /// A TCP relay between an etcd client and etcd that can stall: it stops
@@ -993,7 +1019,7 @@ struct Relay {
 
 impl Relay {
     async fn start(upstream: SocketAddr) -> Relay {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(format!("{TEST_IP}:0")).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stall, stalled) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -1023,48 +1049,50 @@ impl Relay {
 /// down when its deadline passes, before etcd expires its lease and the
 /// other candidate takes over, which happens within the TTL + 1 s. Both
 /// are sampled all along: never both leaders.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_partitioned_leader_steps_down_before_the_next_one_leads() {
-    let etcd = EtcdServer::start();
-    let relay = Relay::start(etcd.addr()).await;
-    let behind_relay = etcd_client::Client::connect([format!("http://{}", relay.addr)], None).await.unwrap();
-    let election = "/berth.elections/controllers";
-    let a = Elector::etcd(behind_relay, election, "a", TTL);
-    let b = Arc::new(Elector::etcd(etcd.client().await, election, "b", TTL));
-    let a = a.campaign().await.unwrap();
-    let mut b_campaign = campaign(Arc::clone(&b));
-    // Let a renew a few times.
-    tokio::time::sleep(TTL).await;
-    assert!(a.is_leader());
-    assert!(!b_campaign.is_finished());
+#[test]
+fn a_partitioned_leader_steps_down_before_the_next_one_leads() {
+    common::run(async {
+        let etcd = EtcdServer::start();
+        let relay = Relay::start(etcd.addr()).await;
+        let behind_relay = etcd_client::Client::connect([format!("http://{}", relay.addr)], None).await.unwrap();
+        let election = "/berth.elections/controllers";
+        let a = Elector::etcd(behind_relay, election, "a", TTL);
+        let b = Arc::new(Elector::etcd(etcd.client().await, election, "b", TTL));
+        let a = a.campaign().await.unwrap();
+        let mut b_campaign = campaign(Arc::clone(&b));
+        // Let a renew a few times.
+        tokio::time::sleep(TTL).await;
+        assert!(a.is_leader());
+        assert!(!b_campaign.is_finished());
 
-    let cut = Instant::now();
-    relay.stall.send(true).unwrap();
-    let mut a_stepped_down = None;
-    let mut samples = 0u32;
-    let (b_leads, at) = loop {
-        let a_leads = a.is_leader();
-        if !a_leads && a_stepped_down.is_none() {
-            a_stepped_down = Some(Instant::now());
-        }
-        if b_campaign.is_finished() {
-            let (leadership, at) = (&mut b_campaign).await.unwrap();
-            break (leadership, at);
-        }
-        assert!(cut.elapsed() < WAIT, "b did not take over");
-        samples += 1;
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    };
-    let a_stepped_down = a_stepped_down.expect("a still believed it led when b took over");
-    assert!(!a.is_leader());
-    assert_eq!(tokio::time::timeout(Duration::from_millis(100), a.lost()).await.unwrap(), Lost::LeaseExpired);
-    eprintln!(
-        "partition: a stepped down after {:?}, b leads after {:?} ({samples} samples)",
-        a_stepped_down - cut,
-        at - cut
-    );
-    assert!(a_stepped_down < at, "a stepped down at {a_stepped_down:?}, after b led at {at:?}");
-    assert!(at - cut < TTL + Duration::from_secs(1), "{:?}", at - cut);
-    assert!(b_leads.is_leader());
-    assert_eq!(b.leader().await.unwrap().as_deref(), Some("b"));
+        let cut = Instant::now();
+        relay.stall.send(true).unwrap();
+        let mut a_stepped_down = None;
+        let mut samples = 0u32;
+        let (b_leads, at) = loop {
+            let a_leads = a.is_leader();
+            if !a_leads && a_stepped_down.is_none() {
+                a_stepped_down = Some(Instant::now());
+            }
+            if b_campaign.is_finished() {
+                let (leadership, at) = (&mut b_campaign).await.unwrap();
+                break (leadership, at);
+            }
+            assert!(cut.elapsed() < WAIT, "b did not take over");
+            samples += 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        let a_stepped_down = a_stepped_down.expect("a still believed it led when b took over");
+        assert!(!a.is_leader());
+        assert_eq!(tokio::time::timeout(Duration::from_millis(100), a.lost()).await.unwrap(), Lost::LeaseExpired);
+        eprintln!(
+            "partition: a stepped down after {:?}, b leads after {:?} ({samples} samples)",
+            a_stepped_down - cut,
+            at - cut
+        );
+        assert!(a_stepped_down < at, "a stepped down at {a_stepped_down:?}, after b led at {at:?}");
+        assert!(at - cut < TTL + Duration::from_secs(1), "{:?}", at - cut);
+        assert!(b_leads.is_leader());
+        assert_eq!(b.leader().await.unwrap().as_deref(), Some("b"));
+    })
 }

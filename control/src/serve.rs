@@ -1,0 +1,167 @@
+//! `berth serve`: the API server over a store, with its PKI and tokens.
+//!
+//! # Design
+//! Three phases: validate the options (no I/O), build (open the store, load
+//! or create the CA and the server certificate, read the token file), then
+//! serve until SIGTERM/SIGINT. On first start with no token file, an admin
+//! token is generated into `<data-dir>/tokens.csv` (mode 0600) and the
+//! `berth config` command that uses it is printed, so a fresh install is
+//! usable at once and never anonymous.
+//!
+//! # Limitations
+//! The scheduler and controller loops are not started yet (issue 6 in
+//! progress): objects are stored, validated, allocated and watched, but
+//! nothing places pods.
+
+use std::{
+    io::Write,
+    net::SocketAddr,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use crate::{
+    api::{ApiConfig, ApiServer, AuthConfig, load_token_file, pki::Ca},
+    resources::{Resources, ResourcesConfig},
+    store::{EtcdOptions, EtcdStore, RedbStore, Store, StoreOptions},
+};
+
+/// Which store backs the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// `<data-dir>/state.redb`.
+    Redb,
+    /// etcd endpoints (`http://127.0.0.1:2379`), keys under `root`.
+    Etcd { endpoints: Vec<String>, root: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub store: StoreChoice,
+    /// kube-apiserver's `--token-auth-file` format; `None`: generate one.
+    pub token_file: Option<PathBuf>,
+    pub bootstrap_tokens: Vec<String>,
+    /// Extra names and addresses for the server certificate.
+    pub sans: Vec<String>,
+    pub service_cidr: String,
+    pub node_port_range: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeSetupError {
+    #[error("bad option: {0}")]
+    Options(String),
+    #[error("{what}: {message}")]
+    Setup { what: String, message: String },
+}
+
+impl ServeSetupError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ServeSetupError::Options(_) => 64,
+            ServeSetupError::Setup { .. } => 1,
+        }
+    }
+}
+
+fn setup(what: impl Into<String>) -> impl FnOnce(String) -> ServeSetupError {
+    let what = what.into();
+    move |message| ServeSetupError::Setup { what, message }
+}
+
+/// Generates the first admin token file, once.
+fn first_token_file(dir: &Path) -> Result<PathBuf, ServeSetupError> {
+    let path = dir.join("tokens.csv");
+    if path.exists() {
+        return Ok(path);
+    }
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .map_err(|e| setup("reading /dev/urandom")(e.to_string()))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| setup(format!("creating {}", path.display()))(e.to_string()))?;
+    writeln!(f, "{token},admin,admin,\"system:masters\"")
+        .map_err(|e| setup(format!("writing {}", path.display()))(e.to_string()))?;
+    eprintln!(
+        "berth serve: generated an admin token in {}; configure the CLI with:\n  berth config --server https://{{address}} --ca {} --token {token}",
+        path.display(),
+        dir.join("ca.crt").display()
+    );
+    Ok(path)
+}
+
+/// Build and serve until SIGTERM/SIGINT.
+///
+/// # Errors
+/// Bad options (exit 64) or a store, PKI, token file or address that
+/// cannot be used.
+pub fn run(options: ServeOptions) -> Result<(), ServeSetupError> {
+    let service_cidr =
+        options.service_cidr.parse().map_err(|e| ServeSetupError::Options(format!("--service-cidr: {e}")))?;
+    let node_port_range =
+        options.node_port_range.parse().map_err(|e| ServeSetupError::Options(format!("--node-port-range: {e}")))?;
+    std::fs::create_dir_all(&options.data_dir)
+        .map_err(|e| setup(format!("creating {}", options.data_dir.display()))(e.to_string()))?;
+    let store: Arc<dyn Store> = match &options.store {
+        StoreChoice::Redb => {
+            let path = options.data_dir.join("state.redb");
+            Arc::new(
+                RedbStore::open(&path, StoreOptions::default())
+                    .map_err(|e| setup("opening the store")(e.to_string()))?,
+            )
+        }
+        StoreChoice::Etcd { endpoints, root } => {
+            let mut etcd = EtcdOptions::new(endpoints.clone());
+            etcd.root = root.clone();
+            Arc::new(EtcdStore::connect(etcd).map_err(|e| setup("connecting to etcd")(e.to_string()))?)
+        }
+    };
+    let ca = Ca::load_or_create(&options.data_dir).map_err(|e| setup("the cluster CA")(e.to_string()))?;
+    let mut sans = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), options.listen.ip().to_string()];
+    sans.extend(options.sans.iter().cloned());
+    sans.sort();
+    sans.dedup();
+    let tls =
+        ca.write_server_cert(&options.data_dir, &sans).map_err(|e| setup("the server certificate")(e.to_string()))?;
+    let token_file = match &options.token_file {
+        Some(p) => p.clone(),
+        None => first_token_file(&options.data_dir)?,
+    };
+    let users = load_token_file(&token_file).map_err(|e| setup(format!("{}", token_file.display()))(e.to_string()))?;
+    let auth = AuthConfig { users, bootstrap_tokens: options.bootstrap_tokens.clone(), node_ca: Some(Arc::new(ca)) };
+    let admission = Arc::new(Resources::new(ResourcesConfig { service_cidr, node_port_range }));
+    let server = ApiServer::bind(ApiConfig::new(options.listen, tls, auth), store, admission)
+        .map_err(|e| setup(format!("serving on {}", options.listen))(e.to_string()))?;
+    eprintln!("berth serve: listening on https://{}", server.local_addr());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| setup("starting the runtime")(e.to_string()))?;
+    runtime.block_on(async move {
+        let shutdown = async {
+            let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+            match term {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        };
+        server.serve(shutdown).await.map_err(|e| setup("serving")(e.to_string()))
+    })
+}
