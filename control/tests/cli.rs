@@ -114,7 +114,7 @@ fn apply_get_scale_and_durability_through_the_binaries() {
 
     // The Service got a ClusterIP from the range.
     let out = berth(&config, &["get", "svc", "web", "-o", "json"]);
-    let svc: serde_json::Value = serde_json::from_slice(&out.stdout).expect(&text(&out));
+    let svc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
     let ip = svc["spec"]["clusterIP"].as_str().unwrap().to_owned();
     assert!(ip.starts_with("198.19."), "{ip}");
     let out = berth(&config, &["get", "svc"]);
@@ -124,7 +124,7 @@ fn apply_get_scale_and_durability_through_the_binaries() {
     let out = berth(&config, &["scale", "deployment", "web", "--replicas", "5"]);
     assert!(out.status.success(), "{}", text(&out));
     let out = berth(&config, &["get", "deploy", "web", "-o", "json"]);
-    let d: serde_json::Value = serde_json::from_slice(&out.stdout).expect(&text(&out));
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
     assert_eq!(d["spec"]["replicas"], 5);
 
     // An invalid manifest: exit 64, the field path, nothing stored.
@@ -145,7 +145,7 @@ fn apply_get_scale_and_durability_through_the_binaries() {
     serve.kill();
     let serve = Serve::start(&data, port);
     let out = berth(&config, &["get", "deploy", "web", "-o", "json"]);
-    let d: serde_json::Value = serde_json::from_slice(&out.stdout).expect(&text(&out));
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
     assert_eq!(d["spec"]["replicas"], 5, "the acknowledged scale survived kill -9");
     let other = dir.path().join("other.yaml");
     std::fs::write(
@@ -155,7 +155,7 @@ fn apply_get_scale_and_durability_through_the_binaries() {
     .unwrap();
     assert!(berth(&config, &["apply", "-f", other.to_str().unwrap()]).status.success());
     let out = berth(&config, &["get", "svc", "other", "-o", "json"]);
-    let o: serde_json::Value = serde_json::from_slice(&out.stdout).expect(&text(&out));
+    let o: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
     assert_ne!(o["spec"]["clusterIP"].as_str().unwrap(), ip, "no ClusterIP handed out twice across restarts");
 
     // Without a token: 401.
