@@ -16,4 +16,5 @@
 
 pub mod deployment;
 pub mod endpoints;
+pub mod loops;
 pub mod node_lifecycle;
