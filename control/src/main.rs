@@ -98,6 +98,9 @@ struct ServeArgs {
     service_cidr: String,
     #[arg(long, default_value = "30000-32767")]
     node_port_range: String,
+    /// How often the leader runs the controller passes.
+    #[arg(long, default_value_t = 1000)]
+    controller_period_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -123,6 +126,10 @@ fn main() -> ExitCode {
     let path = config_path(&cli.config);
     if let Command::Serve(args) = cli.command {
         let args = *args;
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into()))
+            .with_writer(std::io::stderr)
+            .init();
         let store = if args.etcd_endpoints.is_empty() {
             berth_control::serve::StoreChoice::Redb
         } else {
@@ -137,6 +144,7 @@ fn main() -> ExitCode {
             sans: args.sans,
             service_cidr: args.service_cidr,
             node_port_range: args.node_port_range,
+            controller_period: Duration::from_millis(args.controller_period_ms.max(10)),
         });
         return match result {
             Ok(()) => ExitCode::SUCCESS,

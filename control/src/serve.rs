@@ -8,10 +8,16 @@
 //! `berth config` command that uses it is printed, so a fresh install is
 //! usable at once and never anonymous.
 //!
+//! The leader runs the controller passes on a short period
+//! (`--controller-period-ms`): the Deployment reconcile (pods from
+//! templates, rolling updates, status) and the scheduler (pending pods to
+//! nodes). With the embedded store this process is always the leader; over
+//! etcd, `berth serve` processes campaign (etcd lease election) and only the
+//! winner runs the passes, stopping as soon as it loses the lease.
+//!
 //! # Limitations
-//! The scheduler and controller loops are not started yet (issue 6 in
-//! progress): objects are stored, validated, allocated and watched, but
-//! nothing places pods.
+//! The endpoints and node lifecycle loops are not wired yet (their planners
+//! are in `controllers`); no agent reports pod status yet (cluster issue).
 
 use std::{
     io::Write,
@@ -23,6 +29,7 @@ use std::{
 
 use crate::{
     api::{ApiConfig, ApiServer, AuthConfig, load_token_file, pki::Ca},
+    controllers::loops::{reconcile_deployments, schedule_pending},
     resources::{Resources, ResourcesConfig},
     store::{EtcdOptions, EtcdStore, RedbStore, Store, StoreOptions},
 };
@@ -48,6 +55,8 @@ pub struct ServeOptions {
     pub sans: Vec<String>,
     pub service_cidr: String,
     pub node_port_range: String,
+    /// How often the leader runs the controller passes.
+    pub controller_period: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +148,17 @@ pub fn run(options: ServeOptions) -> Result<(), ServeSetupError> {
     let users = load_token_file(&token_file).map_err(|e| setup(format!("{}", token_file.display()))(e.to_string()))?;
     let auth = AuthConfig { users, bootstrap_tokens: options.bootstrap_tokens.clone(), node_ca: Some(Arc::new(ca)) };
     let admission = Arc::new(Resources::new(ResourcesConfig { service_cidr, node_port_range }));
+    let elector = match &options.store {
+        StoreChoice::Redb => None,
+        StoreChoice::Etcd { endpoints, root } => {
+            let mut etcd = EtcdOptions::new(endpoints.clone());
+            etcd.root = root.clone();
+            let elections = EtcdStore::connect(etcd).map_err(|e| setup("connecting to etcd")(e.to_string()))?;
+            let identity = format!("{}-{}", options.listen, std::process::id());
+            Some((elections, identity))
+        }
+    };
+    let controllers = (store.clone(), admission.clone(), options.controller_period);
     let server = ApiServer::bind(ApiConfig::new(options.listen, tls, auth), store, admission)
         .map_err(|e| setup(format!("serving on {}", options.listen))(e.to_string()))?;
     eprintln!("berth serve: listening on https://{}", server.local_addr());
@@ -148,6 +168,32 @@ pub fn run(options: ServeOptions) -> Result<(), ServeSetupError> {
         .build()
         .map_err(|e| setup("starting the runtime")(e.to_string()))?;
     runtime.block_on(async move {
+        let (store, admission, period) = controllers;
+        let loops = tokio::spawn(async move {
+            match elector {
+                None => run_passes(store, admission, period).await,
+                Some((etcd, identity)) => {
+                    let elector = etcd.elector("controllers", &identity, std::time::Duration::from_secs(10));
+                    loop {
+                        match elector.campaign().await {
+                            Ok(leadership) => {
+                                tracing::info!(identity = %identity, "leading: running the controllers");
+                                tokio::select! {
+                                    lost = leadership.lost() => {
+                                        tracing::warn!(?lost, "lost the leadership; controllers stopped");
+                                    }
+                                    () = run_passes(store.clone(), admission.clone(), period) => {}
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "campaign failed; retrying");
+                                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                            }
+                        }
+                    }
+                }
+            }
+        });
         let shutdown = async {
             let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
             match term {
@@ -162,6 +208,37 @@ pub fn run(options: ServeOptions) -> Result<(), ServeSetupError> {
                 }
             }
         };
-        server.serve(shutdown).await.map_err(|e| setup("serving")(e.to_string()))
+        let served = server.serve(shutdown).await.map_err(|e| setup("serving")(e.to_string()));
+        loops.abort();
+        served
     })
+}
+
+/// The controller passes, forever, one period apart. Each pass runs on the
+/// blocking pool (the store is synchronous); a failed pass is logged and
+/// the next one tries again.
+async fn run_passes(store: Arc<dyn Store>, admission: Arc<Resources>, period: std::time::Duration) {
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let (s, a) = (store.clone(), admission.clone());
+        let pass = tokio::task::spawn_blocking(move || {
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            let deployments = reconcile_deployments(s.as_ref(), a.as_ref(), now);
+            let scheduled = schedule_pending(s.as_ref(), now);
+            (deployments, scheduled)
+        })
+        .await;
+        match pass {
+            Ok((Ok(d), Ok(p))) => tracing::debug!(?d, ?p, "controller pass"),
+            Ok((d, p)) => {
+                for e in [d.err(), p.err()].into_iter().flatten() {
+                    tracing::warn!(error = %e, "controller pass failed");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "controller pass panicked"),
+        }
+    }
 }

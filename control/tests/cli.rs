@@ -26,7 +26,7 @@ impl Serve {
     fn start(data: &Path, port: u16) -> Serve {
         let addr = format!("{TEST_IP}:{port}");
         let mut child = Command::new(BERTH)
-            .args(["serve", "--listen", &addr, "--data-dir"])
+            .args(["serve", "--controller-period-ms", "100", "--listen", &addr, "--data-dir"])
             .arg(data)
             .stderr(Stdio::piped())
             .spawn()
@@ -111,6 +111,25 @@ fn apply_get_scale_and_durability_through_the_binaries() {
         "{}",
         text(&out)
     );
+
+    // The leader's controllers made the Deployment's pods; with no node
+    // they stay Pending with the scheduler's reason.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pods = loop {
+        let out = berth(&config, &["get", "pods", "-o", "json"]);
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        let reasons =
+            items.iter().filter(|p| p["status"]["conditions"].to_string().contains("0/0 nodes are available")).count();
+        if items.len() == 3 && reasons == 3 {
+            break items;
+        }
+        assert!(Instant::now() < deadline, "3 pending pods with the scheduler's reason: {list}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(pods.iter().all(|p| p["metadata"]["name"].as_str().unwrap().starts_with("web-")));
+    let out = berth(&config, &["get", "pods"]);
+    assert!(text(&out).contains("Pending") && text(&out).contains("0/1"), "{}", text(&out));
 
     // The Service got a ClusterIP from the range.
     let out = berth(&config, &["get", "svc", "web", "-o", "json"]);
