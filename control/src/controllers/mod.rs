@@ -18,3 +18,4 @@ pub mod deployment;
 pub mod endpoints;
 pub mod loops;
 pub mod node_lifecycle;
+pub mod passes;
