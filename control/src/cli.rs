@@ -39,11 +39,11 @@ pub const KINDS: &[KindRef] = &[
         aliases: &["service", "svc"],
     },
     KindRef {
-        kind: "Endpoints",
-        api_version: "v1",
-        resource: "endpoints",
+        kind: "EndpointSlice",
+        api_version: "discovery.k8s.io/v1",
+        resource: "endpointslices",
         namespaced: true,
-        aliases: &["endpoint", "ep"],
+        aliases: &["endpointslice", "endpoints", "ep"],
     },
     KindRef { kind: "Node", api_version: "v1", resource: "nodes", namespaced: false, aliases: &["node", "no"] },
     KindRef {
@@ -336,7 +336,7 @@ fn table(kind: &KindRef, items: &[Value], with_ns: bool, wide: bool) -> String {
         "Deployment" => vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
         "Service" => vec!["NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "AGE"],
         "Node" => vec!["NAME", "STATUS", "AGE"],
-        "Endpoints" => vec!["NAME", "ENDPOINTS", "AGE"],
+        "EndpointSlice" => vec!["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"],
         _ => vec!["NAME", "AGE"],
     };
     if wide {
@@ -413,14 +413,27 @@ fn table(kind: &KindRef, items: &[Value], with_ns: bool, wide: bool) -> String {
                     .unwrap_or("Unknown");
                 vec![name, ready.to_owned(), a]
             }
-            "Endpoints" => {
-                let eps: Vec<String> = o["endpoints"]
+            "EndpointSlice" => {
+                let ready: Vec<String> = o["endpoints"]
                     .as_array()
                     .map(|es| {
-                        es.iter().filter(|e| e["ready"] == Value::Bool(true)).map(|e| e["ip"].to_string()).collect()
+                        es.iter()
+                            .filter(|e| e["conditions"]["ready"] == Value::Bool(true))
+                            .filter_map(|e| e["addresses"][0].as_str().map(str::to_owned))
+                            .collect()
                     })
                     .unwrap_or_default();
-                vec![name, if eps.is_empty() { "<none>".into() } else { eps.join(",").replace('"', "") }, a]
+                let ports: Vec<String> = o["ports"]
+                    .as_array()
+                    .map(|ps| ps.iter().filter_map(|p| p["port"].as_u64()).map(|p| p.to_string()).collect())
+                    .unwrap_or_default();
+                vec![
+                    name,
+                    o["addressType"].as_str().unwrap_or("IPv4").to_owned(),
+                    if ports.is_empty() { "<unset>".into() } else { ports.join(",") },
+                    if ready.is_empty() { "<none>".into() } else { ready.join(",") },
+                    a,
+                ]
             }
             _ => vec![name, a],
         };

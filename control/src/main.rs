@@ -101,6 +101,12 @@ struct ServeArgs {
     /// How often the leader runs the controller passes.
     #[arg(long, default_value_t = 1000)]
     controller_period_ms: u64,
+    /// A node whose heartbeat is older than this becomes NotReady.
+    #[arg(long, default_value_t = 40)]
+    node_grace_seconds: u64,
+    /// A NotReady node's pods are evicted (and replaced) after this long.
+    #[arg(long, default_value_t = 300)]
+    pod_eviction_seconds: u64,
 }
 
 #[derive(Subcommand)]
@@ -145,6 +151,10 @@ fn main() -> ExitCode {
             service_cidr: args.service_cidr,
             node_port_range: args.node_port_range,
             controller_period: Duration::from_millis(args.controller_period_ms.max(10)),
+            lifecycle: berth_control::controllers::node_lifecycle::LifecycleConfig {
+                grace: Duration::from_secs(args.node_grace_seconds),
+                toleration: Duration::from_secs(args.pod_eviction_seconds),
+            },
         });
         return match result {
             Ok(()) => ExitCode::SUCCESS,

@@ -15,9 +15,13 @@
 //! etcd, `berth serve` processes campaign (etcd lease election) and only the
 //! winner runs the passes, stopping as soon as it loses the lease.
 //!
+//! Each pass runs, in order: node lifecycle (heartbeat grace → NotReady,
+//! toleration → eviction), Deployments, the scheduler, endpoints.
+//!
 //! # Limitations
-//! The endpoints and node lifecycle loops are not wired yet (their planners
-//! are in `controllers`); no agent reports pod status yet (cluster issue).
+//! No agent joins, heartbeats or reports pod status yet (the cluster
+//! issue): until one does, a registered Node goes NotReady after the grace
+//! period.
 
 use std::{
     io::Write,
@@ -29,7 +33,11 @@ use std::{
 
 use crate::{
     api::{ApiConfig, ApiServer, AuthConfig, load_token_file, pki::Ca},
-    controllers::loops::{reconcile_deployments, schedule_pending},
+    controllers::{
+        loops::{reconcile_deployments, schedule_pending},
+        node_lifecycle::LifecycleConfig,
+        passes::{reconcile_endpoints, reconcile_nodes},
+    },
     resources::{Resources, ResourcesConfig},
     store::{EtcdOptions, EtcdStore, RedbStore, Store, StoreOptions},
 };
@@ -57,6 +65,8 @@ pub struct ServeOptions {
     pub node_port_range: String,
     /// How often the leader runs the controller passes.
     pub controller_period: std::time::Duration,
+    /// Node heartbeat grace and pod eviction toleration.
+    pub lifecycle: LifecycleConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,7 +168,7 @@ pub fn run(options: ServeOptions) -> Result<(), ServeSetupError> {
             Some((elections, identity))
         }
     };
-    let controllers = (store.clone(), admission.clone(), options.controller_period);
+    let controllers = (store.clone(), admission.clone(), options.controller_period, options.lifecycle);
     let server = ApiServer::bind(ApiConfig::new(options.listen, tls, auth), store, admission)
         .map_err(|e| setup(format!("serving on {}", options.listen))(e.to_string()))?;
     eprintln!("berth serve: listening on https://{}", server.local_addr());
@@ -168,10 +178,10 @@ pub fn run(options: ServeOptions) -> Result<(), ServeSetupError> {
         .build()
         .map_err(|e| setup("starting the runtime")(e.to_string()))?;
     runtime.block_on(async move {
-        let (store, admission, period) = controllers;
+        let (store, admission, period, lifecycle) = controllers;
         let loops = tokio::spawn(async move {
             match elector {
-                None => run_passes(store, admission, period).await,
+                None => run_passes(store, admission, period, lifecycle).await,
                 Some((etcd, identity)) => {
                     let elector = etcd.elector("controllers", &identity, std::time::Duration::from_secs(10));
                     loop {
@@ -182,7 +192,7 @@ pub fn run(options: ServeOptions) -> Result<(), ServeSetupError> {
                                     lost = leadership.lost() => {
                                         tracing::warn!(?lost, "lost the leadership; controllers stopped");
                                     }
-                                    () = run_passes(store.clone(), admission.clone(), period) => {}
+                                    () = run_passes(store.clone(), admission.clone(), period, lifecycle) => {}
                                 }
                             }
                             Err(e) => {
@@ -217,7 +227,12 @@ pub fn run(options: ServeOptions) -> Result<(), ServeSetupError> {
 /// The controller passes, forever, one period apart. Each pass runs on the
 /// blocking pool (the store is synchronous); a failed pass is logged and
 /// the next one tries again.
-async fn run_passes(store: Arc<dyn Store>, admission: Arc<Resources>, period: std::time::Duration) {
+async fn run_passes(
+    store: Arc<dyn Store>,
+    admission: Arc<Resources>,
+    period: std::time::Duration,
+    lifecycle: LifecycleConfig,
+) {
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -226,16 +241,22 @@ async fn run_passes(store: Arc<dyn Store>, admission: Arc<Resources>, period: st
         let pass = tokio::task::spawn_blocking(move || {
             let now =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-            let deployments = reconcile_deployments(s.as_ref(), a.as_ref(), now);
-            let scheduled = schedule_pending(s.as_ref(), now);
-            (deployments, scheduled)
+            // Nodes first (readiness feeds endpoints and placement), then
+            // pods from Deployments, then their placement, then endpoints.
+            let nodes = reconcile_nodes(s.as_ref(), &lifecycle, now).map(|r| format!("{r:?}"));
+            let deployments = reconcile_deployments(s.as_ref(), a.as_ref(), now).map(|r| format!("{r:?}"));
+            let scheduled = schedule_pending(s.as_ref(), now).map(|r| format!("{r:?}"));
+            let endpoints = reconcile_endpoints(s.as_ref(), now).map(|r| format!("{r:?}"));
+            [("nodes", nodes), ("deployments", deployments), ("scheduler", scheduled), ("endpoints", endpoints)]
         })
         .await;
         match pass {
-            Ok((Ok(d), Ok(p))) => tracing::debug!(?d, ?p, "controller pass"),
-            Ok((d, p)) => {
-                for e in [d.err(), p.err()].into_iter().flatten() {
-                    tracing::warn!(error = %e, "controller pass failed");
+            Ok(results) => {
+                for (name, result) in results {
+                    match result {
+                        Ok(summary) => tracing::debug!(pass = name, %summary, "controller pass"),
+                        Err(e) => tracing::warn!(pass = name, error = %e, "controller pass failed"),
+                    }
                 }
             }
             Err(e) => tracing::error!(error = %e, "controller pass panicked"),

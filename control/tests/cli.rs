@@ -131,6 +131,17 @@ fn apply_get_scale_and_durability_through_the_binaries() {
     let out = berth(&config, &["get", "pods"]);
     assert!(text(&out).contains("Pending") && text(&out).contains("0/1"), "{}", text(&out));
 
+    // The endpoints pass gave the Service its (still empty) EndpointSlice.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = berth(&config, &["get", "endpointslices"]);
+        if text(&out).contains("web") && text(&out).contains("<none>") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "an EndpointSlice for web: {}", text(&out));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // The Service got a ClusterIP from the range.
     let out = berth(&config, &["get", "svc", "web", "-o", "json"]);
     let svc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
