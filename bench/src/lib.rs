@@ -2,7 +2,7 @@
 //! instead, in one run, on one machine, reported as ratios.
 //!
 //! # Design
-//! Four benchmarks, one module each, each behind `berth-bench <name>`
+//! Five benchmarks, one module each, each behind `berth-bench <name>`
 //! (`cargo xtask bench <name>` builds and runs it):
 //! - [`packet`]: per-packet cost through BPF_PROG_TEST_RUN, berth's XDP
 //!   program against floor programs (`bpf/floors.c`) measured the same way;
@@ -12,7 +12,9 @@
 //! - [`apply`]: programming time, berth's reconciler against
 //!   iptables-restore and nft;
 //! - [`pods`]: pod start latency and agent memory, `berth-agent node`
-//!   against `runc run` on the same unpacked bundle.
+//!   against `runc run` on the same unpacked bundle;
+//! - [`control`]: the control plane: scheduler throughput, API apply
+//!   latency over MemStore and RedbStore, and watch fan-out.
 //!
 //! Every result goes through a [`report::Sink`] (JSON lines and markdown
 //! under `bench/results/`). See docs/performance.md for the method and the
@@ -24,6 +26,7 @@
 //! peers share the same noise.
 
 pub mod apply;
+pub mod control;
 pub mod e2e;
 pub mod packet;
 pub mod plot;

@@ -4,7 +4,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use berth_bench::{
-    apply, e2e, packet, pods,
+    apply, control, e2e, packet, pods,
     report::{Outcome, RunInfo, Sink},
 };
 use clap::{Parser, Subcommand};
@@ -29,6 +29,8 @@ enum Bench {
     Apply(apply::Options),
     /// Pod start latency and agent memory: berth-agent node vs runc.
     Pods(pods::Options),
+    /// Control plane: scheduler throughput, API apply (MemStore vs redb), watch fan-out.
+    Control(control::Options),
     /// Every benchmark in quick mode (what CI runs): checks that every peer
     /// produced a figure, not a speed.
     Quick,
@@ -45,10 +47,12 @@ fn main() -> ExitCode {
         Bench::E2e(o) => run_one("e2e", o.quick, &cli.results, |s| e2e::run(&o, s)),
         Bench::Apply(o) => run_one("apply", o.quick, &cli.results, |s| apply::run(&o, s)),
         Bench::Pods(o) => run_one("pods", o.quick, &cli.results, |s| pods::run(&o, s)),
+        Bench::Control(o) => run_one("control", o.quick, &cli.results, |s| control::run(&o, s)),
         Bench::Quick => run_one("packet", true, &cli.results, |s| packet::run(&packet::Options::quick(), s))
             .and_then(|()| run_one("apply", true, &cli.results, |s| apply::run(&apply::Options::quick(), s)))
             .and_then(|()| run_one("e2e", true, &cli.results, |s| e2e::run(&e2e::Options::quick(), s)))
-            .and_then(|()| run_one("pods", true, &cli.results, |s| pods::run(&pods::Options::quick(), s))),
+            .and_then(|()| run_one("pods", true, &cli.results, |s| pods::run(&pods::Options::quick(), s)))
+            .and_then(|()| run_one("control", true, &cli.results, |s| control::run(&control::Options::quick(), s))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -70,7 +70,7 @@ enum Task {
     /// See docs/performance.md.
     Bench {
         /// Which benchmark; `quick` runs every one in quick mode, as CI does.
-        #[arg(value_parser = ["packet", "e2e", "apply", "pods", "quick"])]
+        #[arg(value_parser = ["packet", "e2e", "apply", "pods", "control", "quick"])]
         bench: String,
         /// Arguments for `berth-bench BENCH` (after `--`), e.g. `-- --quick`.
         #[arg(last = true)]
