@@ -98,7 +98,7 @@ pub enum ControllerError {
     },
 }
 
-fn store_err<'a>(operation: &'static str, key: &'a str) -> impl FnOnce(StoreError) -> ControllerError + 'a {
+pub(super) fn store_err<'a>(operation: &'static str, key: &'a str) -> impl FnOnce(StoreError) -> ControllerError + 'a {
     move |source| ControllerError::Store { operation, key: key.to_owned(), source }
 }
 
@@ -124,19 +124,21 @@ pub struct Summary {
 }
 
 /// Whether a store error is a lost race, to be retried next pass.
-fn is_race(err: &StoreError) -> bool {
+pub(super) fn is_race(err: &StoreError) -> bool {
     matches!(err, StoreError::Conflict { .. } | StoreError::NotFound { .. } | StoreError::AlreadyExists { .. })
 }
 
 /// One stored object, decoded.
-struct Stored {
-    key: String,
-    revision: Revision,
-    create_revision: Revision,
-    object: Value,
+pub(super) struct Stored {
+    pub(super) key: String,
+    pub(super) revision: Revision,
+    pub(super) create_revision: Revision,
+    pub(super) object: Value,
 }
 
-fn list(store: &dyn Store, prefix: &str, summary: &mut Summary) -> Result<Vec<Stored>, ControllerError> {
+/// Every object under `prefix`; ones that are not JSON are logged, counted
+/// in `rejected` and skipped.
+pub(super) fn list(store: &dyn Store, prefix: &str, rejected: &mut u32) -> Result<Vec<Stored>, ControllerError> {
     let (items, _) = store.list(prefix).map_err(store_err("listing", prefix))?;
     let mut out = Vec::with_capacity(items.len());
     for (key, v) in items {
@@ -146,24 +148,24 @@ fn list(store: &dyn Store, prefix: &str, summary: &mut Summary) -> Result<Vec<St
             }
             Err(e) => {
                 tracing::warn!(%key, error = %e, "stored object is not JSON; skipped");
-                summary.rejected += 1;
+                *rejected += 1;
             }
         }
     }
     Ok(out)
 }
 
-fn str_at<'a>(object: &'a Value, pointer: &str) -> Option<&'a str> {
+pub(super) fn str_at<'a>(object: &'a Value, pointer: &str) -> Option<&'a str> {
     object.pointer(pointer).and_then(Value::as_str)
 }
 
-fn serialise(object: &Value) -> Vec<u8> {
+pub(super) fn serialise(object: &Value) -> Vec<u8> {
     // Serialising a `Value` cannot fail: its map keys are strings.
     serde_json::to_vec(object).unwrap_or_default()
 }
 
 /// `now_ms` as Kubernetes stores times: RFC 3339, to the second.
-fn timestamp(now_ms: u64) -> Value {
+pub(super) fn timestamp(now_ms: u64) -> Value {
     let seconds = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
     // Out of jiff's range only for a clock beyond year 9999.
     let time = Time(Timestamp::from_second(seconds).unwrap_or(Timestamp::UNIX_EPOCH));
@@ -283,9 +285,9 @@ pub fn reconcile_deployments(
     now_ms: u64,
 ) -> Result<Summary, ControllerError> {
     let mut summary = Summary::default();
-    let deployments = list(store, &store_prefix(&DEPLOYMENT, None), &mut summary)?;
+    let deployments = list(store, &store_prefix(&DEPLOYMENT, None), &mut summary.rejected)?;
     let mut pods_by_ns: BTreeMap<String, Vec<Stored>> = BTreeMap::new();
-    for pod in list(store, &store_prefix(&POD, None), &mut summary)? {
+    for pod in list(store, &store_prefix(&POD, None), &mut summary.rejected)? {
         let ns = str_at(&pod.object, "/metadata/namespace").unwrap_or_default().to_owned();
         pods_by_ns.entry(ns).or_default().push(pod);
     }
@@ -589,13 +591,13 @@ fn is_terminal(pod: &Value) -> bool {
 pub fn schedule_pending(store: &dyn Store, now_ms: u64) -> Result<Summary, ControllerError> {
     let mut summary = Summary::default();
     let mut state = ClusterState::new();
-    for node in list(store, &store_prefix(&NODE, None), &mut summary)? {
+    for node in list(store, &store_prefix(&NODE, None), &mut summary.rejected)? {
         if let Err(e) = state.add_node(node_info(&node.object)) {
             tracing::warn!(key = %node.key, error = %e, "node not added to the scheduler's state");
         }
     }
     let mut pending = Vec::new();
-    for pod in list(store, &store_prefix(&POD, None), &mut summary)? {
+    for pod in list(store, &store_prefix(&POD, None), &mut summary.rejected)? {
         if is_terminal(&pod.object) {
             continue;
         }

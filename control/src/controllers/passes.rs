@@ -71,15 +71,14 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Map, Value, json};
 
 use super::endpoints::{self, Endpoint, PodView, ServicePort, ServiceView, TargetPort};
-use super::loops::ControllerError;
+use super::loops::{ControllerError, Stored, is_race, list, serialise, str_at, timestamp};
 use super::node_lifecycle::{self, LifecycleConfig, NodeAction, NodeLease};
 use crate::resources::{ENDPOINT_SLICE, NODE, POD, SERVICE, WEIGHT_ANNOTATION, parse_weight, store_key, store_prefix};
-use crate::store::{Revision, Store, StoreError};
+use crate::store::Store;
 
 /// The label naming a slice's Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -113,52 +112,6 @@ pub struct PassSummary {
     pub conflicts: u32,
     /// Stored objects that could not be decoded or lack a name; logged.
     pub rejected: u32,
-}
-
-fn is_race(err: &StoreError) -> bool {
-    matches!(err, StoreError::Conflict { .. } | StoreError::NotFound { .. } | StoreError::AlreadyExists { .. })
-}
-
-struct Stored {
-    key: String,
-    revision: Revision,
-    object: Value,
-}
-
-fn list(store: &dyn Store, prefix: &str, summary: &mut PassSummary) -> Result<Vec<Stored>, ControllerError> {
-    let (items, _) = store.list(prefix).map_err(|source| ControllerError::Store {
-        operation: "listing",
-        key: prefix.to_owned(),
-        source,
-    })?;
-    let mut out = Vec::with_capacity(items.len());
-    for (key, v) in items {
-        match serde_json::from_slice(&v.value) {
-            Ok(object) => out.push(Stored { key, revision: v.revision, object }),
-            Err(e) => {
-                tracing::warn!(%key, error = %e, "stored object is not JSON; skipped");
-                summary.rejected += 1;
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn str_at<'a>(object: &'a Value, pointer: &str) -> Option<&'a str> {
-    object.pointer(pointer).and_then(Value::as_str)
-}
-
-fn serialise(object: &Value) -> Vec<u8> {
-    // Serialising a `Value` cannot fail: its map keys are strings.
-    serde_json::to_vec(object).unwrap_or_default()
-}
-
-/// `ms` as Kubernetes stores times: RFC 3339, to the second.
-fn timestamp(ms: u64) -> Value {
-    let seconds = i64::try_from(ms / 1000).unwrap_or(i64::MAX);
-    // Out of jiff's range only for a clock beyond year 9999.
-    let time = Time(Timestamp::from_second(seconds).unwrap_or(Timestamp::UNIX_EPOCH));
-    serde_json::to_value(time).unwrap_or(Value::Null)
 }
 
 fn parse_ms(time: Option<&str>) -> Option<u64> {
@@ -334,22 +287,22 @@ fn same_slice(stored: &Value, desired: &Value) -> bool {
 /// in [`PassSummary::conflicts`] instead.
 pub fn reconcile_endpoints(store: &dyn Store, now_ms: u64) -> Result<PassSummary, ControllerError> {
     let mut summary = PassSummary::default();
-    let node_ready: BTreeMap<String, bool> = list(store, &store_prefix(&NODE, None), &mut summary)?
+    let node_ready: BTreeMap<String, bool> = list(store, &store_prefix(&NODE, None), &mut summary.rejected)?
         .iter()
         .filter_map(|n| Some((str_at(&n.object, "/metadata/name")?.to_owned(), condition_true(&n.object, "Ready"))))
         .collect();
     let mut pods_by_ns: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for pod in list(store, &store_prefix(&POD, None), &mut summary)? {
+    for pod in list(store, &store_prefix(&POD, None), &mut summary.rejected)? {
         let ns = str_at(&pod.object, "/metadata/namespace").unwrap_or_default().to_owned();
         pods_by_ns.entry(ns).or_default().push(pod.object);
     }
-    let existing: BTreeMap<String, Stored> = list(store, &store_prefix(&ENDPOINT_SLICE, None), &mut summary)?
+    let existing: BTreeMap<String, Stored> = list(store, &store_prefix(&ENDPOINT_SLICE, None), &mut summary.rejected)?
         .into_iter()
         .map(|s| (s.key.clone(), s))
         .collect();
 
     let mut wanted: BTreeSet<String> = BTreeSet::new();
-    for service in list(store, &store_prefix(&SERVICE, None), &mut summary)? {
+    for service in list(store, &store_prefix(&SERVICE, None), &mut summary.rejected)? {
         let s = &service.object;
         let (Some(name), Some(ns)) = (str_at(s, "/metadata/name"), str_at(s, "/metadata/namespace")) else {
             tracing::warn!(key = %service.key, "service without name or namespace; skipped");
@@ -460,7 +413,7 @@ pub fn reconcile_nodes(
     now_ms: u64,
 ) -> Result<PassSummary, ControllerError> {
     let mut summary = PassSummary::default();
-    let nodes = list(store, &store_prefix(&NODE, None), &mut summary)?;
+    let nodes = list(store, &store_prefix(&NODE, None), &mut summary.rejected)?;
     let leases: Vec<NodeLease> = nodes
         .iter()
         .filter_map(|n| {
@@ -496,7 +449,7 @@ pub fn reconcile_nodes(
             NodeAction::Evict { node } => {
                 let pods = match &mut pods {
                     Some(p) => p,
-                    None => pods.insert(list(store, &store_prefix(&POD, None), &mut summary)?),
+                    None => pods.insert(list(store, &store_prefix(&POD, None), &mut summary.rejected)?),
                 };
                 for pod in pods.iter().filter(|p| str_at(&p.object, "/spec/nodeName") == Some(node.as_str())) {
                     match store.delete(&pod.key, Some(pod.revision)) {
