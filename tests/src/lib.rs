@@ -98,3 +98,21 @@ fn next_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
+
+/// The `berth-agent` binary Cargo built beside the running test
+/// (`target/<profile>/berth-agent`), or `BERTH_AGENT_BIN`. Panics with how
+/// to build it when missing: privileged tests never skip.
+pub fn agent_bin() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("BERTH_AGENT_BIN") {
+        return p.into();
+    }
+    // target/<profile>/deps/<this test> → target/<profile>/berth-agent
+    let exe = std::env::current_exe().expect("current_exe");
+    let bin = exe.parent().and_then(std::path::Path::parent).expect("target dir").join("berth-agent");
+    assert!(
+        bin.exists(),
+        "{} missing: build it first (cargo build -p berth-agent) or set BERTH_AGENT_BIN",
+        bin.display()
+    );
+    bin
+}

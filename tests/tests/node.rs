@@ -15,23 +15,8 @@ use berth_agent::node::{
     client::{Client, ClientError},
     local_api::{PodDetail, PodView},
 };
-use berth_tests::{ChildGuard, Netns, Stream, poll_until};
+use berth_tests::{ChildGuard, Netns, Stream, agent_bin, poll_until};
 use nix::sched::{CloneFlags, setns};
-
-fn agent_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("BERTH_AGENT_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("test exe");
-    // target/<profile>/deps/<this test> → target/<profile>/berth-agent
-    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("berth-agent");
-    assert!(
-        bin.exists(),
-        "{} missing: build it first (cargo build -p berth-agent) or set BERTH_AGENT_BIN",
-        bin.display()
-    );
-    bin
-}
 
 /// The test image directory; a missing image fails loudly (never skips).
 fn image_dir() -> PathBuf {

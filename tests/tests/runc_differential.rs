@@ -40,7 +40,7 @@ use berth_agent::{
     image::{Image, ImageStore},
     runtime::{ContainerSpec, LogConfig, Runtime},
 };
-use berth_tests::{ChildGuard, require_root};
+use berth_tests::{ChildGuard, agent_bin, require_root};
 
 const MIB: u64 = 1024 * 1024;
 /// The container's Kubernetes resources.
@@ -92,21 +92,6 @@ const CONTAINERD_READONLY: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/
 const EXTRA_MASKED: [&str; 1] = ["/proc/interrupts"];
 
 const EXEC_TIMEOUT: Duration = Duration::from_secs(20);
-
-fn agent_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("BERTH_AGENT_BIN") {
-        return p.into();
-    }
-    // target/<profile>/deps/<this test> → target/<profile>/berth-agent
-    let exe = std::env::current_exe().expect("current_exe");
-    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("berth-agent");
-    assert!(
-        bin.exists(),
-        "{} missing: build it first (cargo build -p berth-agent) or set BERTH_AGENT_BIN",
-        bin.display()
-    );
-    bin
-}
 
 /// The test image directory; a missing image fails loudly (never skips).
 fn image_dir() -> PathBuf {

@@ -19,25 +19,10 @@ use berth_agent::{
     cgroups::{self, Driver, MilliCpu, ResourceSpec, Resources},
     runtime::{ContainerSpec, ContainerStatus, ExitInfo, LogConfig, Runtime, RuntimeError, Started},
 };
-use berth_tests::{ChildGuard, Netns, Stream, poll_until, require_root, rootfs::BusyboxRootfs, unique_name};
+use berth_tests::{ChildGuard, Netns, Stream, agent_bin, poll_until, require_root, rootfs::BusyboxRootfs, unique_name};
 use nix::sys::signal::Signal;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn agent_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("BERTH_AGENT_BIN") {
-        return p.into();
-    }
-    // target/<profile>/deps/<this test> → target/<profile>/berth-agent
-    let exe = std::env::current_exe().expect("current_exe");
-    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("berth-agent");
-    assert!(
-        bin.exists(),
-        "{} missing: build it first (cargo build -p berth-agent) or set BERTH_AGENT_BIN",
-        bin.display()
-    );
-    bin
-}
 
 /// A berth cgroup root of this test's own in every hierarchy; everything
 /// below it is killed and removed on drop.

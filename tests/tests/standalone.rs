@@ -14,27 +14,12 @@ use std::{
 use berth_agent::datapath::PinDir;
 use berth_tests::{
     ChildGuard, HoldLoad, HttpLoad, Keepalive, Launch, Netns, Stream, Summary, TestCgroup, Topology, UdpLoad,
-    server_bin,
+    agent_bin, server_bin,
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
 const BPFFS_ROOT: &str = "/sys/fs/bpf/berth-e2e";
 const READY: Duration = Duration::from_secs(20);
-
-fn agent_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("BERTH_AGENT_BIN") {
-        return p.into();
-    }
-    // target/<profile>/deps/<this test> → target/<profile>/berth-agent
-    let exe = std::env::current_exe().expect("current_exe");
-    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("berth-agent");
-    assert!(
-        bin.exists(),
-        "{} missing: build it first (cargo build -p berth-agent) or set BERTH_AGENT_BIN",
-        bin.display()
-    );
-    bin
-}
 
 /// A running `berth-agent standalone` in the node namespace. Dropping it
 /// kills the agent and removes its pins.
