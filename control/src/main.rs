@@ -107,6 +107,10 @@ struct ServeArgs {
     /// A NotReady node's pods are evicted (and replaced) after this long.
     #[arg(long, default_value_t = 300)]
     pod_eviction_seconds: u64,
+    /// Over etcd: a leader that stops renewing loses the controllers after
+    /// this long (kube-controller-manager's --leader-elect-lease-duration).
+    #[arg(long, default_value_t = 15)]
+    leader_lease_seconds: u64,
 }
 
 #[derive(Subcommand)]
@@ -155,6 +159,7 @@ fn main() -> ExitCode {
                 grace: Duration::from_secs(args.node_grace_seconds),
                 toleration: Duration::from_secs(args.pod_eviction_seconds),
             },
+            leader_lease: Duration::from_secs(args.leader_lease_seconds),
         });
         return match result {
             Ok(()) => ExitCode::SUCCESS,

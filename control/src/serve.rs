@@ -67,6 +67,9 @@ pub struct ServeOptions {
     pub controller_period: std::time::Duration,
     /// Node heartbeat grace and pod eviction toleration.
     pub lifecycle: LifecycleConfig,
+    /// Over etcd: how long a leader's lease lasts without renewal, so how
+    /// long a crashed leader's controllers stay unowned.
+    pub leader_lease: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +171,12 @@ pub fn run(options: ServeOptions) -> Result<(), ServeSetupError> {
             Some((elections, identity))
         }
     };
+    if options.leader_lease < std::time::Duration::from_secs(2) {
+        // etcd refuses lease TTLs under 2 s (its minimum), and a renewal
+        // every TTL/3 needs some room.
+        return Err(ServeSetupError::Options("--leader-lease-seconds must be at least 2".into()));
+    }
+    let lease = options.leader_lease;
     let controllers = (store.clone(), admission.clone(), options.controller_period, options.lifecycle);
     let server = ApiServer::bind(ApiConfig::new(options.listen, tls, auth), store, admission)
         .map_err(|e| setup(format!("serving on {}", options.listen))(e.to_string()))?;
@@ -183,7 +192,7 @@ pub fn run(options: ServeOptions) -> Result<(), ServeSetupError> {
             match elector {
                 None => run_passes(store, admission, period, lifecycle).await,
                 Some((etcd, identity)) => {
-                    let elector = etcd.elector("controllers", &identity, std::time::Duration::from_secs(10));
+                    let elector = etcd.elector("controllers", &identity, lease);
                     loop {
                         match elector.campaign().await {
                             Ok(leadership) => {
