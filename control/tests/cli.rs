@@ -6,57 +6,14 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output},
     time::{Duration, Instant},
 };
 
-use common::TEST_IP;
+use common::serve::{Serve, free_port};
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
-
-/// A running `berth serve`, SIGKILLed (that process only) on drop.
-struct Serve {
-    child: Child,
-    addr: String,
-}
-
-impl Serve {
-    fn start(data: &Path, port: u16) -> Serve {
-        let addr = format!("{TEST_IP}:{port}");
-        let mut child = Command::new(BERTH)
-            .args(["serve", "--controller-period-ms", "100", "--listen", &addr, "--data-dir"])
-            .arg(data)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start berth serve");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[serve] {line}");
-                if line.contains("listening on") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(20)).expect("berth serve listening within 20 s");
-        Serve { child, addr }
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn berth(config: &Path, args: &[&str]) -> Output {
     Command::new(BERTH).env("BERTH_CLIENT_CONFIG", config).args(args).output().expect("run berth")
@@ -64,10 +21,6 @@ fn berth(config: &Path, args: &[&str]) -> Output {
 
 fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind(format!("{TEST_IP}:0")).unwrap().local_addr().unwrap().port()
 }
 
 fn example(name: &str) -> PathBuf {

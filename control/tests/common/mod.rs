@@ -34,3 +34,6 @@ pub fn run<F: Future>(future: F) -> F::Output {
         .expect("tokio runtime")
         .block_on(future)
 }
+
+#[allow(dead_code, reason = "not every test file uses every helper")]
+pub mod serve;
