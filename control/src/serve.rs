@@ -16,7 +16,9 @@
 //! winner runs the passes, stopping as soon as it loses the lease.
 //!
 //! Each pass runs, in order: node lifecycle (heartbeat grace → NotReady,
-//! toleration → eviction), Deployments, the scheduler, endpoints.
+//! toleration → eviction), Deployments (pods and revision history), the
+//! scheduler, endpoints, the garbage collector (dependents of deleted
+//! Deployments, pods of missing nodes, terminating pods of lost nodes).
 //!
 //! # Limitations
 //! No agent joins, heartbeats or reports pod status yet (the cluster
@@ -34,6 +36,7 @@ use std::{
 use crate::{
     api::{ApiConfig, ApiServer, AuthConfig, load_token_file, pki::Ca},
     controllers::{
+        gc::collect_garbage,
         loops::{reconcile_deployments, schedule_pending},
         node_lifecycle::LifecycleConfig,
         passes::{reconcile_endpoints, reconcile_nodes},
@@ -251,12 +254,20 @@ async fn run_passes(
             let now =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
             // Nodes first (readiness feeds endpoints and placement), then
-            // pods from Deployments, then their placement, then endpoints.
+            // pods from Deployments, then their placement, then endpoints,
+            // then what deleted owners and lost nodes left behind.
             let nodes = reconcile_nodes(s.as_ref(), &lifecycle, now).map(|r| format!("{r:?}"));
             let deployments = reconcile_deployments(s.as_ref(), a.as_ref(), now).map(|r| format!("{r:?}"));
             let scheduled = schedule_pending(s.as_ref(), now).map(|r| format!("{r:?}"));
             let endpoints = reconcile_endpoints(s.as_ref(), now).map(|r| format!("{r:?}"));
-            [("nodes", nodes), ("deployments", deployments), ("scheduler", scheduled), ("endpoints", endpoints)]
+            let garbage = collect_garbage(s.as_ref(), now).map(|r| format!("{r:?}"));
+            [
+                ("nodes", nodes),
+                ("deployments", deployments),
+                ("scheduler", scheduled),
+                ("endpoints", endpoints),
+                ("garbage collector", garbage),
+            ]
         })
         .await;
         match pass {

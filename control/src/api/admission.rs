@@ -40,6 +40,20 @@ pub enum Rejection {
     NotFound(String),
 }
 
+/// How a DELETE of one object proceeds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Deletion {
+    /// Remove it now.
+    Now,
+    /// Keep it, terminating: store this version of it (with
+    /// `metadata.deletionTimestamp` and `deletionGracePeriodSeconds`); its
+    /// agent removes it once stopped.
+    Graceful(serde_json::Value),
+    /// It is already terminating, no later than this delete would ask:
+    /// nothing to write.
+    AlreadyTerminating,
+}
+
 /// What happens to an object before it is stored.
 pub trait Admission: Send + Sync {
     /// Every kind served, for routing and discovery.
@@ -64,4 +78,18 @@ pub trait Admission: Send + Sync {
 
     /// Store operations that release what a deleted object held.
     fn release(&self, kind: &KindInfo, object: &serde_json::Value, store: &dyn Store) -> Vec<Op>;
+
+    /// How to delete `object` (as stored) at `now_ms`, with the request's
+    /// `gracePeriodSeconds`. Objects are removed at once unless the kind
+    /// terminates gracefully (pods).
+    fn deletion(
+        &self,
+        kind: &KindInfo,
+        object: &serde_json::Value,
+        grace_seconds: Option<i64>,
+        now_ms: u64,
+    ) -> Deletion {
+        let _ = (kind, object, grace_seconds, now_ms);
+        Deletion::Now
+    }
 }

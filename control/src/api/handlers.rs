@@ -8,7 +8,7 @@ use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Map, Value, json};
 
-use super::admission::{Admission, KindInfo};
+use super::admission::{Admission, Deletion, KindInfo};
 use super::auth::{Caller, Verb, authorize, bearer};
 use super::body;
 use super::discovery;
@@ -74,6 +74,9 @@ pub(super) struct Query {
     pub selectors: Selectors,
     pub timeout_seconds: Option<u64>,
     pub dry_run: bool,
+    /// DELETE's `gracePeriodSeconds` (also read from the DeleteOptions
+    /// body, which wins).
+    pub grace_period_seconds: Option<i64>,
 }
 
 impl Query {
@@ -95,6 +98,12 @@ impl Query {
                     parsed.timeout_seconds = Some(seconds);
                 }
                 "dryRun" => parsed.dry_run = !value.is_empty(),
+                "gracePeriodSeconds" => {
+                    let seconds = value
+                        .parse()
+                        .map_err(|_| ApiError::BadRequest(format!("invalid gracePeriodSeconds {value:?}")))?;
+                    parsed.grace_period_seconds = Some(seconds);
+                }
                 _ => {}
             }
         }
@@ -189,7 +198,7 @@ async fn dispatch(state: &State, conn: &Connection, request: Request<Incoming>) 
                 Verb::Get => get(state, target).await,
                 Verb::Update => update(state, target, &parts, body).await,
                 Verb::Patch => patch(state, target, &parts, body).await,
-                _ => delete(state, target, &parts, body).await,
+                _ => delete(state, target, &parts, body, query.grace_period_seconds).await,
             }
         }
         Route::Health | Route::Version | Route::Join => Err(ApiError::NoRoute),
@@ -600,7 +609,13 @@ fn update_blocking(
     }
 }
 
-async fn delete(state: &State, target: Target, parts: &Parts, body: Incoming) -> Result<Response<Body>, ApiError> {
+async fn delete(
+    state: &State,
+    target: Target,
+    parts: &Parts,
+    body: Incoming,
+    query_grace: Option<i64>,
+) -> Result<Response<Body>, ApiError> {
     let bytes = body::read(parts, body, state.body_limit).await?;
     let options = if bytes.iter().all(u8::is_ascii_whitespace) {
         Value::Object(Map::new())
@@ -612,18 +627,33 @@ async fn delete(state: &State, target: Target, parts: &Parts, body: Incoming) ->
         |field| preconditions.and_then(|p| p.get(field)).and_then(Value::as_str).filter(|s| !s.is_empty());
     let expected = precondition("resourceVersion").map(parse_revision).transpose()?;
     let uid = precondition("uid").map(str::to_owned);
+    let grace = match options.get("gracePeriodSeconds") {
+        None | Some(Value::Null) => query_grace,
+        Some(v) => Some(v.as_i64().ok_or_else(|| {
+            ApiError::BadRequest(format!("DeleteOptions.gracePeriodSeconds must be an integer, not {v}"))
+        })?),
+    };
     let (store, admission) = (state.store.clone(), state.admission.clone());
     let (object, revision) =
-        blocking(move || delete_blocking(&*store, &*admission, &target, expected, uid.as_deref())).await?;
+        blocking(move || delete_blocking(&*store, &*admission, &target, expected, uid.as_deref(), grace)).await?;
     Ok(json_response(StatusCode::OK, &with_resource_version(object, revision)))
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Removes the object, or (a pod on a node) marks it terminating, which
+/// answers with the marked object as Kubernetes does.
 fn delete_blocking(
     store: &dyn Store,
     admission: &dyn Admission,
     target: &Target,
     expected: Option<Revision>,
     uid: Option<&str>,
+    grace: Option<i64>,
 ) -> Result<(Value, Revision), ApiError> {
     let not_found = || ApiError::NotFound { kind: target.kind.clone(), name: target.name.clone() };
     let precondition_failed = |what: &str, wanted: &str, actual: &str| ApiError::Conflict {
@@ -647,13 +677,23 @@ fn delete_blocking(
         {
             return Err(precondition_failed("UID", uid, old_uid));
         }
-        let mut txn = vec![Op::Delete { key: target.key.clone(), expected: Some(current.revision) }];
-        txn.extend(admission.release(&target.kind, &old, store));
-        match store.txn(&txn) {
-            Ok(revision) => return Ok((old, revision)),
+        let result = match admission.deletion(&target.kind, &old, grace, now_ms()) {
+            Deletion::AlreadyTerminating => return Ok((old, current.revision)),
+            Deletion::Graceful(marked) => store
+                .update(&target.key, &serialise(&marked), Some(current.revision))
+                .map(|revision| (marked, revision)),
+            Deletion::Now => {
+                let mut txn = vec![Op::Delete { key: target.key.clone(), expected: Some(current.revision) }];
+                txn.extend(admission.release(&target.kind, &old, store));
+                store.txn(&txn).map(|revision| (old, revision))
+            }
+        };
+        match result {
+            Ok(done) => return Ok(done),
             Err(StoreError::NotFound { key }) if key == target.key => return Err(not_found()),
-            // Changed between our read and the delete: check the
-            // preconditions and the releases against the new version.
+            // Changed between our read and the write: check the
+            // preconditions, the grace and the releases against the new
+            // version.
             Err(StoreError::Conflict { key, .. }) if key == target.key && attempt < ADMISSION_ATTEMPTS => {}
             Err(StoreError::Conflict { key, .. }) if key == target.key => {
                 return Err(ApiError::modified(&target.kind, &target.name));

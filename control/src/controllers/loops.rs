@@ -72,8 +72,12 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::{Map, Value, json};
 
 use super::deployment::{Desired, IntOrPercent, Observed, Strategy, plan};
+use super::revisions;
 use crate::api::admission::Admission;
-use crate::resources::{DEPLOYMENT, NODE, POD, parse_cpu, parse_memory, store_key, store_prefix};
+use crate::resources::{
+    CONTROLLER_REVISION, DEPLOYMENT, Deletion, NODE, POD, is_terminating, parse_cpu, parse_memory, pod_deletion, store_key, store_prefix,
+    uuid_v4,
+};
 use crate::scheduler::{
     ClusterState, ContainerResources, HostPort, NodeInfo, PlaceError, PodRequest, Protocol, Requests, Resources,
 };
@@ -121,6 +125,10 @@ pub struct Summary {
     /// Pods admission refused (invalid template), and stored objects that
     /// could not be decoded; each is logged.
     pub rejected: u32,
+    /// ControllerRevisions created or renumbered.
+    pub revisions_written: u32,
+    /// ControllerRevisions pruned beyond the history limit.
+    pub revisions_deleted: u32,
 }
 
 /// Whether a store error is a lost race, to be retried next pass.
@@ -172,8 +180,33 @@ pub(super) fn timestamp(now_ms: u64) -> Value {
     serde_json::to_value(time).unwrap_or(Value::Null)
 }
 
+/// What [`delete_pod`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PodDeleted {
+    /// Removed from the store (unbound or finished).
+    Removed,
+    /// Marked terminating; its agent removes it once stopped.
+    Marked,
+    /// Already terminating: nothing written.
+    Already,
+}
+
+/// Deletes a pod as the API does: gracefully when it is bound to a node
+/// and still running (see [`crate::resources::pod_deletion`]), at once
+/// otherwise; with the revision it was read at as precondition. Pods hold
+/// no allocations, so there is nothing to release.
+pub(super) fn delete_pod(store: &dyn Store, pod: &Stored, now_ms: u64) -> Result<PodDeleted, StoreError> {
+    match pod_deletion(&pod.object, None, now_ms) {
+        Deletion::Now => store.delete(&pod.key, Some(pod.revision)).map(|_| PodDeleted::Removed),
+        Deletion::Graceful(marked) => {
+            store.update(&pod.key, &serialise(&marked), Some(pod.revision)).map(|_| PodDeleted::Marked)
+        }
+        Deletion::AlreadyTerminating => Ok(PodDeleted::Already),
+    }
+}
+
 /// A condition of `status.conditions` with this type has status `True`.
-fn condition_true(object: &Value, kind: &str) -> bool {
+pub(super) fn condition_true(object: &Value, kind: &str) -> bool {
     object.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|conditions| {
         conditions.iter().any(|c| {
             c.get("type").and_then(Value::as_str) == Some(kind)
@@ -182,12 +215,8 @@ fn condition_true(object: &Value, kind: &str) -> bool {
     })
 }
 
-fn has_deletion_timestamp(object: &Value) -> bool {
-    object.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null())
-}
-
 /// The uid of the controller owner reference, if any.
-fn controller_uid(object: &Value) -> Option<&str> {
+pub(super) fn controller_uid(object: &Value) -> Option<&str> {
     object.pointer("/metadata/ownerReferences")?.as_array()?.iter().find_map(|r| {
         (r.get("controller").and_then(Value::as_bool) == Some(true)).then(|| r.get("uid").and_then(Value::as_str))?
     })
@@ -213,6 +242,14 @@ struct Suffixes {
 impl Suffixes {
     fn new() -> Suffixes {
         Suffixes { seed: RandomState::new(), counter: 0 }
+    }
+
+    /// A random uid for objects the controller creates without admission.
+    fn uid(&mut self) -> String {
+        self.counter += 1;
+        let high = self.seed.hash_one(self.counter);
+        self.counter += 1;
+        uuid_v4(high, self.seed.hash_one(self.counter))
     }
 
     fn next(&mut self) -> String {
@@ -267,7 +304,7 @@ fn observe(pod: &Stored) -> Observed {
         name: str_at(o, "/metadata/name").unwrap_or_default().to_owned(),
         hash: str_at(o, &format!("/metadata/labels/{POD_TEMPLATE_HASH}")).unwrap_or_default().to_owned(),
         ready: condition_true(o, "Ready"),
-        terminating: has_deletion_timestamp(o),
+        terminating: is_terminating(o),
         failed: str_at(o, "/status/phase") == Some("Failed"),
         created_ms: created_ms(o),
     }
@@ -291,24 +328,40 @@ pub fn reconcile_deployments(
         let ns = str_at(&pod.object, "/metadata/namespace").unwrap_or_default().to_owned();
         pods_by_ns.entry(ns).or_default().push(pod);
     }
-    let mut suffixes = Suffixes::new();
+    let mut revisions_by_owner: BTreeMap<String, Vec<Stored>> = BTreeMap::new();
+    for revision in list(store, &store_prefix(&CONTROLLER_REVISION, None), &mut summary.rejected)? {
+        if let Some(uid) = controller_uid(&revision.object) {
+            revisions_by_owner.entry(uid.to_owned()).or_default().push(revision);
+        }
+    }
+    let mut pass = Pass { store, admission, now_ms, suffixes: Suffixes::new(), summary };
     for deployment in &deployments {
         let ns = str_at(&deployment.object, "/metadata/namespace").unwrap_or_default();
         let pods = pods_by_ns.get(ns).map_or(&[][..], Vec::as_slice);
-        reconcile_one(store, admission, now_ms, deployment, pods, &mut suffixes, &mut summary)?;
+        let uid = str_at(&deployment.object, "/metadata/uid").unwrap_or_default();
+        let revisions = revisions_by_owner.get(uid).map_or(&[][..], Vec::as_slice);
+        reconcile_one(&mut pass, deployment, pods, revisions)?;
     }
-    Ok(summary)
+    Ok(pass.summary)
+}
+
+/// What one Deployment pass carries from Deployment to Deployment.
+struct Pass<'a> {
+    store: &'a dyn Store,
+    admission: &'a dyn Admission,
+    now_ms: u64,
+    suffixes: Suffixes,
+    summary: Summary,
 }
 
 fn reconcile_one(
-    store: &dyn Store,
-    admission: &dyn Admission,
-    now_ms: u64,
+    pass: &mut Pass<'_>,
     deployment: &Stored,
     pods: &[Stored],
-    suffixes: &mut Suffixes,
-    summary: &mut Summary,
+    revisions: &[Stored],
 ) -> Result<(), ControllerError> {
+    let (store, admission, now_ms) = (pass.store, pass.admission, pass.now_ms);
+    let (suffixes, summary) = (&mut pass.suffixes, &mut pass.summary);
     let d = &deployment.object;
     let (Some(name), Some(ns), Some(uid)) =
         (str_at(d, "/metadata/name"), str_at(d, "/metadata/namespace"), str_at(d, "/metadata/uid"))
@@ -324,6 +377,13 @@ fn reconcile_one(
     let mut observed: Vec<Observed> = owned.iter().map(|p| observe(p)).collect();
     let step = plan(&desired, &observed);
 
+    let hashes_with_pods: HashSet<String> =
+        observed.iter().filter(|o| !o.terminating).map(|o| o.hash.clone()).collect();
+    let revisions: Vec<&Stored> = revisions.iter().collect();
+    let owner = revisions::Owner { name, namespace: ns, uid, object: d, hash: &hash };
+    let revision =
+        revisions::sync(store, &owner, &revisions, &hashes_with_pods, now_ms, &mut || suffixes.uid(), summary)?;
+
     // Deletions first: they never reduce availability below what the plan
     // allowed, and they make room for the surge.
     let mut deleted = HashSet::new();
@@ -331,11 +391,12 @@ fn reconcile_one(
         let Some(pod) = owned.iter().find(|p| str_at(&p.object, "/metadata/name") == Some(victim.as_str())) else {
             continue;
         };
-        let mut txn = vec![Op::Delete { key: pod.key.clone(), expected: Some(pod.revision) }];
-        txn.extend(admission.release(&POD, &pod.object, store));
-        match store.txn(&txn) {
-            Ok(_) => {
+        match delete_pod(store, pod, now_ms) {
+            Ok(PodDeleted::Removed | PodDeleted::Marked) => {
                 summary.deleted += 1;
+                deleted.insert(victim.clone());
+            }
+            Ok(PodDeleted::Already) => {
                 deleted.insert(victim.clone());
             }
             Err(e) if is_race(&e) => summary.conflicts += 1,
@@ -383,7 +444,7 @@ fn reconcile_one(
         }
     }
 
-    write_status(store, deployment, &desired, &observed, summary)
+    write_status(store, deployment, &desired, &observed, revision, summary)
 }
 
 /// The pod a Deployment creates from its template.
@@ -416,12 +477,14 @@ fn pod_from_template(template: &Value, name: &str, ns: &str, owner: &str, uid: &
     })
 }
 
-/// Writes the Deployment's status when it differs from the stored one.
+/// Writes the Deployment's status, and its revision annotation when known,
+/// if they differ from the stored ones.
 fn write_status(
     store: &dyn Store,
     deployment: &Stored,
     desired: &Desired,
     pods: &[Observed],
+    revision: Option<i64>,
     summary: &mut Summary,
 ) -> Result<(), ControllerError> {
     let live: Vec<&Observed> = pods.iter().filter(|p| !p.terminating).collect();
@@ -438,12 +501,23 @@ fn write_status(
         "availableReplicas": ready,
         "unavailableReplicas": u64::from(desired.replicas).saturating_sub(ready),
     });
-    if deployment.object.get("status") == Some(&status) {
-        return Ok(());
-    }
     let mut object = deployment.object.clone();
     if let Some(map) = object.as_object_mut() {
         map.insert("status".to_owned(), status);
+    }
+    if let Some(n) = revision
+        && let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut)
+    {
+        let annotations = meta.entry("annotations").or_insert_with(|| json!({}));
+        if !annotations.is_object() {
+            *annotations = json!({});
+        }
+        if let Some(map) = annotations.as_object_mut() {
+            map.insert(revisions::REVISION_ANNOTATION.to_owned(), Value::String(n.to_string()));
+        }
+    }
+    if object == deployment.object {
+        return Ok(());
     }
     match store.update(&deployment.key, &serialise(&object), Some(deployment.revision)) {
         Ok(_) => summary.status_updates += 1,
@@ -607,7 +681,7 @@ pub fn schedule_pending(store: &dyn Store, now_ms: u64) -> Result<Summary, Contr
                     tracing::debug!(key = %pod.key, error = %e, "bound pod not counted");
                 }
             }
-            None if has_deletion_timestamp(&pod.object) => {}
+            None if is_terminating(&pod.object) => {}
             None => pending.push(pod),
         }
     }

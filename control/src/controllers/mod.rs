@@ -16,6 +16,8 @@
 
 pub mod deployment;
 pub mod endpoints;
+pub mod gc;
 pub mod loops;
 pub mod node_lifecycle;
 pub mod passes;
+pub mod revisions;

@@ -75,7 +75,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::{Map, Value, json};
 
 use super::endpoints::{self, Endpoint, PodView, ServicePort, ServiceView, TargetPort};
-use super::loops::{ControllerError, Stored, is_race, list, serialise, str_at, timestamp};
+use super::loops::{ControllerError, PodDeleted, Stored, delete_pod, is_race, list, serialise, str_at, timestamp};
 use super::node_lifecycle::{self, LifecycleConfig, NodeAction, NodeLease};
 use crate::resources::{ENDPOINT_SLICE, NODE, POD, SERVICE, WEIGHT_ANNOTATION, parse_weight, store_key, store_prefix};
 use crate::store::Store;
@@ -452,8 +452,9 @@ pub fn reconcile_nodes(
                     None => pods.insert(list(store, &store_prefix(&POD, None), &mut summary.rejected)?),
                 };
                 for pod in pods.iter().filter(|p| str_at(&p.object, "/spec/nodeName") == Some(node.as_str())) {
-                    match store.delete(&pod.key, Some(pod.revision)) {
-                        Ok(_) => {
+                    match delete_pod(store, pod, now_ms) {
+                        Ok(PodDeleted::Already) => {}
+                        Ok(PodDeleted::Removed | PodDeleted::Marked) => {
                             tracing::info!(key = %pod.key, %node, "evicted from a lost node");
                             summary.evicted += 1;
                         }

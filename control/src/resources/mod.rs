@@ -91,6 +91,7 @@ mod quantity;
 mod ranges;
 mod selector;
 mod service;
+mod termination;
 
 #[cfg(test)]
 mod tests;
@@ -116,7 +117,8 @@ pub use self::node::validate_node_status;
 pub use self::quantity::{QuantityError, parse_cpu, parse_memory};
 pub use self::ranges::{NODE_PORTS_PREFIX, NodePortRange, Owner, RangeError, SERVICE_IPS_PREFIX, ServiceCidr};
 pub use self::selector::selector_matches;
-pub use crate::api::admission::{Admission, FieldError, KindInfo, Rejection};
+pub use self::termination::{deletion_deadline_ms, is_terminating, pod_deletion};
+pub use crate::api::admission::{Admission, Deletion, FieldError, KindInfo, Rejection};
 use crate::store::{Op, Store, StoreError};
 
 /// The namespace that always exists.
@@ -147,8 +149,17 @@ pub const ENDPOINT_SLICE: KindInfo = KindInfo {
     namespaced: true,
     read_only: true,
 };
+/// A Deployment's revision history: one per distinct pod template, written
+/// by the Deployment controller (berth has no ReplicaSets to carry it).
+pub const CONTROLLER_REVISION: KindInfo = KindInfo {
+    api_version: "apps/v1",
+    kind: "ControllerRevision",
+    resource: "controllerrevisions",
+    namespaced: true,
+    read_only: true,
+};
 /// Every kind served.
-pub const KINDS: [KindInfo; 6] = [NAMESPACE, NODE, POD, SERVICE, DEPLOYMENT, ENDPOINT_SLICE];
+pub const KINDS: [KindInfo; 7] = [NAMESPACE, NODE, POD, SERVICE, DEPLOYMENT, ENDPOINT_SLICE, CONTROLLER_REVISION];
 
 /// The store key of an object: `/registry/<resource>/<namespace>/<name>`,
 /// or `/registry/<resource>/<name>` for a cluster-scoped kind (whose
@@ -177,6 +188,17 @@ pub fn is_allocation_race(err: &StoreError) -> bool {
         }
         _ => false,
     }
+}
+
+/// A version 4 UUID from 128 random bits, as `metadata.uid` is written.
+pub fn uuid_v4(high: u64, low: u64) -> String {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&high.to_le_bytes());
+    b[8..].copy_from_slice(&low.to_le_bytes());
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
 /// Where Services get their addresses and ports from.
@@ -212,13 +234,7 @@ impl Resources {
 
     /// A random (version 4) UUID.
     fn uid(&self) -> String {
-        let mut b = [0u8; 16];
-        b[..8].copy_from_slice(&self.random().to_le_bytes());
-        b[8..].copy_from_slice(&self.random().to_le_bytes());
-        b[6] = (b[6] & 0x0f) | 0x40;
-        b[8] = (b[8] & 0x3f) | 0x80;
-        let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-        format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+        uuid_v4(self.random(), self.random())
     }
 
     fn check_namespace(&self, store: &dyn Store, namespace: &str) -> Result<(), Rejection> {
@@ -317,6 +333,7 @@ enum Kind {
     Service,
     Deployment,
     EndpointSlice,
+    ControllerRevision,
 }
 
 fn kind_of(info: &KindInfo) -> Option<Kind> {
@@ -327,6 +344,7 @@ fn kind_of(info: &KindInfo) -> Option<Kind> {
         ("v1", "Service") => Kind::Service,
         ("apps/v1", "Deployment") => Kind::Deployment,
         ("discovery.k8s.io/v1", "EndpointSlice") => Kind::EndpointSlice,
+        ("apps/v1", "ControllerRevision") => Kind::ControllerRevision,
         _ => return None,
     };
     Some(kind)
@@ -366,13 +384,15 @@ impl Admission for Resources {
         let Some(which) = kind_of(kind) else {
             return Err(Rejection::NotFound("the server could not find the requested resource".to_owned()));
         };
-        if kind.read_only || which == Kind::EndpointSlice {
+        if kind.read_only || matches!(which, Kind::EndpointSlice | Kind::ControllerRevision) {
+            let by = if which == Kind::ControllerRevision {
+                "from Deployments by berth's Deployment controller"
+            } else {
+                "from Services and Pods by berth's endpoints controller"
+            };
             return Err(Rejection::Invalid(vec![FieldError {
                 field: "kind".to_owned(),
-                reason: format!(
-                    "Forbidden: {} are derived from Services and Pods by berth's endpoints controller and cannot be written through the API",
-                    kind.resource
-                ),
+                reason: format!("Forbidden: {} are derived {by} and cannot be written through the API", kind.resource),
             }]));
         }
         check_type_meta(kind, object)?;
@@ -382,8 +402,12 @@ impl Admission for Resources {
             Kind::Pod => self.admit_as::<Pod>(kind, object, old, store),
             Kind::Service => self.admit_as::<Service>(kind, object, old, store),
             Kind::Deployment => self.admit_as::<Deployment>(kind, object, old, store),
-            Kind::EndpointSlice => Ok(Vec::new()),
+            Kind::EndpointSlice | Kind::ControllerRevision => Ok(Vec::new()),
         }
+    }
+
+    fn deletion(&self, kind: &KindInfo, object: &Value, grace_seconds: Option<i64>, now_ms: u64) -> Deletion {
+        if kind_of(kind) == Some(Kind::Pod) { pod_deletion(object, grace_seconds, now_ms) } else { Deletion::Now }
     }
 
     fn release(&self, kind: &KindInfo, object: &Value, store: &dyn Store) -> Vec<Op> {

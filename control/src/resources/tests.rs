@@ -194,6 +194,7 @@ fn kinds_and_store_keys() {
             ("v1", "Service", "services", true, false),
             ("apps/v1", "Deployment", "deployments", true, false),
             ("discovery.k8s.io/v1", "EndpointSlice", "endpointslices", true, true),
+            ("apps/v1", "ControllerRevision", "controllerrevisions", true, true),
         ]
     );
     assert_eq!(store_key(&POD, Some("prod"), "web-1"), "/registry/pods/prod/web-1");

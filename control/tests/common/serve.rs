@@ -30,13 +30,16 @@ impl Serve {
         Serve::start_with(data, port, &[])
     }
 
-    /// With extra `berth serve` flags (they come after the defaults, so
-    /// they win: `--controller-period-ms 50`).
+    /// With extra `berth serve` flags; a `--controller-period-ms` among
+    /// them replaces the 100 ms default.
     pub fn start_with(data: &Path, port: u16, extra: &[&str]) -> Serve {
         let addr = format!("{TEST_IP}:{port}");
-        let mut child = Command::new(BERTH)
-            .args(["serve", "--controller-period-ms", "100", "--listen", &addr, "--data-dir"])
-            .arg(data)
+        let mut command = Command::new(BERTH);
+        command.args(["serve", "--listen", &addr, "--data-dir"]).arg(data);
+        if !extra.contains(&"--controller-period-ms") {
+            command.args(["--controller-period-ms", "100"]);
+        }
+        let mut child = command
             .args(extra)
             .stderr(Stdio::piped())
             .spawn()

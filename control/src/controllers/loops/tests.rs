@@ -7,7 +7,12 @@ use serde_json::{Value, json};
 
 use super::{POD_TEMPLATE_HASH, Summary, reconcile_deployments, schedule_pending, template_hash};
 use crate::api::admission::{Admission, KindInfo};
-use crate::resources::{DEPLOYMENT, NODE, POD, Resources, ResourcesConfig, store_key, store_prefix};
+use crate::controllers::gc::{GcSummary, collect_garbage};
+use crate::controllers::revisions::{CHANGE_CAUSE_ANNOTATION, REVISION_ANNOTATION};
+use crate::resources::{
+    CONTROLLER_REVISION, DEPLOYMENT, Deletion, NODE, POD, Resources, ResourcesConfig, pod_deletion, store_key,
+    store_prefix,
+};
 use crate::store::{MemStore, Op, Revision, Store, StoreError, StoreOptions, Versioned, Watch};
 
 const NOW_MS: u64 = 1_700_000_000_000;
@@ -121,13 +126,23 @@ impl Cluster {
         schedule_pending(&self.store, self.now_ms).unwrap()
     }
 
+    /// Pods not being deleted.
+    fn live_pods(&self) -> Vec<Value> {
+        self.pods().into_iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null()).collect()
+    }
+
     /// The simulated agent: every bound pod not yet running becomes
-    /// Running and Ready.
+    /// Running and Ready; terminating pods are stopped and removed (the
+    /// agent's final delete).
     fn agent(&self) -> usize {
         let (items, _) = self.store.list(&store_prefix(&POD, None)).unwrap();
         let mut started = 0;
         for (key, v) in items {
             let mut pod: Value = serde_json::from_slice(&v.value).unwrap();
+            if !pod["metadata"]["deletionTimestamp"].is_null() {
+                self.store.delete(&key, Some(v.revision)).unwrap();
+                continue;
+            }
             if pod["spec"]["nodeName"].is_null() || pod["status"]["phase"] == "Running" {
                 continue;
             }
@@ -227,7 +242,7 @@ fn rolling_update_stays_within_surge_and_availability() {
     // Default strategy for 3 replicas: maxSurge 1 (25% up), maxUnavailable 0.
     let (replicas, surge, unavailable) = (3, 1, 0);
     let check = |cluster: &Cluster, when: &str| {
-        let pods = cluster.pods();
+        let pods = cluster.live_pods();
         assert!(pods.len() <= replicas + surge, "{when}: {} pods", pods.len());
         let ready = pods.iter().filter(|p| is_ready(p)).count();
         assert!(ready >= replicas - unavailable, "{when}: {ready} ready");
@@ -237,7 +252,7 @@ fn rolling_update_stays_within_surge_and_availability() {
     for round in 0..20 {
         cluster.reconcile();
         check(&cluster, &format!("round {round} after reconcile"));
-        most = most.max(cluster.pods().len());
+        most = most.max(cluster.live_pods().len());
         cluster.schedule();
         check(&cluster, &format!("round {round} after schedule"));
         cluster.agent();
@@ -267,6 +282,13 @@ fn scale_down_deletes_the_extra_pods() {
     let summary = cluster.reconcile();
     assert_eq!(summary.deleted, 2, "{summary:?}");
     assert_eq!(summary.created, 0);
+    // Bound and running: they terminate gracefully, for their agent to stop.
+    assert_eq!(cluster.live_pods().len(), 1);
+    let terminating: Vec<Value> =
+        cluster.pods().into_iter().filter(|p| !p["metadata"]["deletionTimestamp"].is_null()).collect();
+    assert_eq!(terminating.len(), 2);
+    assert!(terminating.iter().all(|p| p["metadata"]["deletionGracePeriodSeconds"] == 30), "{terminating:?}");
+    cluster.agent();
     assert_eq!(cluster.pods().len(), 1);
     let status = &cluster.get(&DEPLOYMENT, "web")["status"];
     assert_eq!(status["replicas"], 1, "{status}");
@@ -402,4 +424,155 @@ fn lost_races_are_counted_and_retried_next_pass() {
     assert_eq!((summary.created, summary.status_updates), (0, 1), "{summary:?}");
     assert_eq!(cluster.schedule().bound, 1);
     assert_eq!(cluster.get(&DEPLOYMENT, "web")["status"]["replicas"], 4);
+}
+
+// ---- Revision history and garbage collection ---------------------------------
+
+impl Cluster {
+    /// Passes and the agent until nothing changes (at most 30 rounds).
+    fn settle(&mut self) {
+        for _ in 0..30 {
+            let reconciled = self.reconcile();
+            let scheduled = self.schedule();
+            let started = self.agent();
+            if reconciled == Summary::default() && scheduled == Summary::default() && started == 0 {
+                return;
+            }
+        }
+        panic!("the cluster did not settle: {:?}", self.pods());
+    }
+
+    /// The Deployment's revisions: (name, number), by number.
+    fn revisions(&self) -> Vec<(String, i64)> {
+        let (items, _) = self.store.list(&store_prefix(&CONTROLLER_REVISION, None)).unwrap();
+        let mut out: Vec<(String, i64)> = items
+            .iter()
+            .map(|(_, v)| {
+                let r: Value = serde_json::from_slice(&v.value).unwrap();
+                (r["metadata"]["name"].as_str().unwrap().to_owned(), r["revision"].as_i64().unwrap())
+            })
+            .collect();
+        out.sort_by_key(|r| r.1);
+        out
+    }
+
+    fn revision_annotation(&self) -> Value {
+        self.get(&DEPLOYMENT, "web")["metadata"]["annotations"][REVISION_ANNOTATION].clone()
+    }
+}
+
+#[test]
+fn each_template_gets_a_revision_and_going_back_renumbers_it() {
+    let mut cluster = running_deployment();
+    let first = current_hash(&cluster);
+    assert_eq!(cluster.revisions(), vec![(format!("web-{first}"), 1)]);
+    assert_eq!(cluster.revision_annotation(), "1");
+    let stored = cluster.get(&CONTROLLER_REVISION, &format!("web-{first}"));
+    assert_eq!(stored["data"]["spec"]["template"], cluster.get(&DEPLOYMENT, "web")["spec"]["template"]);
+    assert_eq!(stored["metadata"]["ownerReferences"][0]["uid"], cluster.get(&DEPLOYMENT, "web")["metadata"]["uid"]);
+    assert_eq!(stored["metadata"]["labels"][POD_TEMPLATE_HASH], first.as_str());
+
+    cluster.update(&DEPLOYMENT, "web", |d| {
+        d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("nginx:1.28");
+        d["metadata"]["annotations"] = json!({CHANGE_CAUSE_ANNOTATION: "upgrade to 1.28"});
+    });
+    cluster.settle();
+    let second = current_hash(&cluster);
+    assert_eq!(cluster.revisions(), vec![(format!("web-{first}"), 1), (format!("web-{second}"), 2)]);
+    assert_eq!(cluster.revision_annotation(), "2");
+    let stored = cluster.get(&CONTROLLER_REVISION, &format!("web-{second}"));
+    assert_eq!(stored["metadata"]["annotations"][CHANGE_CAUSE_ANNOTATION], "upgrade to 1.28");
+
+    // A rollback copies revision 1's template back: the same hash, and that
+    // revision becomes number 3 (no third object).
+    let old = cluster.get(&CONTROLLER_REVISION, &format!("web-{first}"))["data"]["spec"]["template"].clone();
+    cluster.update(&DEPLOYMENT, "web", |d| {
+        d["spec"]["template"] = old;
+        d["metadata"]["annotations"] = json!({});
+    });
+    assert_eq!(current_hash(&cluster), first, "the stored template round-trips through admission");
+    cluster.settle();
+    assert_eq!(cluster.revisions(), vec![(format!("web-{second}"), 2), (format!("web-{first}"), 3)]);
+    assert_eq!(cluster.revision_annotation(), "3");
+    assert!(cluster.live_pods().iter().all(|p| hash_of(p) == first));
+    let stored = cluster.get(&CONTROLLER_REVISION, &format!("web-{first}"));
+    assert!(stored["metadata"]["annotations"][CHANGE_CAUSE_ANNOTATION].is_null(), "{stored}");
+    // Steady again.
+    assert_eq!(cluster.reconcile(), Summary::default());
+}
+
+#[test]
+fn history_keeps_the_limit_of_old_revisions() {
+    let mut cluster = running_deployment();
+    cluster.update(&DEPLOYMENT, "web", |d| d["spec"]["revisionHistoryLimit"] = json!(2));
+    for minor in 1..=4 {
+        cluster.update(&DEPLOYMENT, "web", |d| {
+            d["spec"]["template"]["spec"]["containers"][0]["image"] = json!(format!("nginx:2.{minor}"));
+        });
+        cluster.settle();
+    }
+    let numbers: Vec<i64> = cluster.revisions().iter().map(|r| r.1).collect();
+    assert_eq!(numbers, vec![3, 4, 5], "the current revision and the 2 newest old ones");
+    assert_eq!(cluster.revision_annotation(), "5");
+}
+
+#[test]
+fn deleting_a_deployment_collects_its_pods_and_revisions() {
+    let mut cluster = running_deployment();
+    let key = store_key(&DEPLOYMENT, Some("default"), "web");
+    cluster.store.delete(&key, None).unwrap();
+    // The same name again, before the collector runs: a new uid, so the old
+    // pods are still garbage and the new Deployment's are not.
+    cluster.create(&DEPLOYMENT, deployment(1, "nginx:1.27"));
+    let new_uid = cluster.get(&DEPLOYMENT, "web")["metadata"]["uid"].clone();
+    // The new owner's revision name is taken by the old owner's until the
+    // collector runs: a lost race, retried.
+    let summary = cluster.reconcile();
+    assert_eq!(summary.created, 1, "{summary:?}");
+    assert_eq!(summary.conflicts, 1, "{summary:?}");
+
+    cluster.now_ms += 1000;
+    let gc = collect_garbage(&cluster.store, cluster.now_ms).unwrap();
+    assert_eq!(gc, GcSummary { orphan_pods: 3, orphan_revisions: 1, ..GcSummary::default() });
+    // Bound and running: terminating, for the agent to stop.
+    let old: Vec<Value> = cluster.pods().into_iter().filter(|p| p["metadata"]["ownerReferences"][0]["uid"] != new_uid).collect();
+    assert_eq!(old.len(), 3);
+    assert!(old.iter().all(|p| !p["metadata"]["deletionTimestamp"].is_null()));
+    assert_eq!(collect_garbage(&cluster.store, cluster.now_ms).unwrap(), GcSummary::default(), "idempotent");
+    cluster.settle();
+    let pods = cluster.pods();
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    assert_eq!(pods[0]["metadata"]["ownerReferences"][0]["uid"], new_uid);
+    assert_eq!(cluster.revisions().len(), 1);
+    assert_eq!(cluster.revision_annotation(), "1");
+}
+
+#[test]
+fn pods_of_missing_nodes_go_and_lost_nodes_terminating_pods_are_removed() {
+    let cluster = running_deployment();
+    let on_c: Vec<String> = cluster
+        .pods()
+        .iter()
+        .filter(|p| p["spec"]["nodeName"] == "node-c")
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(on_c.len(), 1);
+    cluster.store.delete(&store_key(&NODE, None, "node-c"), None).unwrap();
+    let gc = collect_garbage(&cluster.store, cluster.now_ms).unwrap();
+    assert_eq!(gc, GcSummary { pods_without_node: 1, ..GcSummary::default() });
+    let pod = cluster.get(&POD, &on_c[0]);
+    assert_eq!(pod["metadata"]["deletionGracePeriodSeconds"], 30);
+    // Within the grace nothing more; after it, no agent will finish it.
+    assert_eq!(collect_garbage(&cluster.store, cluster.now_ms + 29_000).unwrap(), GcSummary::default());
+    let gc = collect_garbage(&cluster.store, cluster.now_ms + 31_000).unwrap();
+    assert_eq!(gc, GcSummary { force_deleted: 1, ..GcSummary::default() });
+    assert!(cluster.pods().iter().all(|p| p["metadata"]["name"] != on_c[0].as_str()));
+    // A terminating pod on a Ready node is its agent's to remove.
+    let victim = cluster.live_pods()[0].clone();
+    let name = victim["metadata"]["name"].as_str().unwrap();
+    let key = store_key(&POD, Some("default"), name);
+    let stored = cluster.store.get(&key).unwrap().unwrap();
+    let Deletion::Graceful(marked) = pod_deletion(&victim, Some(1), cluster.now_ms) else { panic!("graceful") };
+    cluster.store.update(&key, &serde_json::to_vec(&marked).unwrap(), Some(stored.revision)).unwrap();
+    assert_eq!(collect_garbage(&cluster.store, cluster.now_ms + 60_000).unwrap(), GcSummary::default());
 }

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use super::{LEASE_EXPIRED, MANAGED_BY, PassSummary, READY_REASON, reconcile_endpoints, reconcile_nodes};
 use crate::api::admission::{Admission, KindInfo};
+use crate::controllers::gc::{GcSummary, collect_garbage};
 use crate::controllers::loops::{reconcile_deployments, schedule_pending};
 use crate::controllers::node_lifecycle::LifecycleConfig;
 use crate::resources::{
@@ -351,10 +352,20 @@ fn a_lost_node_goes_not_ready_its_pods_are_replaced_and_it_comes_back() {
     cluster.heartbeat("node-b", t + 1000);
     let summary = reconcile_nodes(&cluster.store, &config, t + 1000).unwrap();
     assert_eq!(summary, PassSummary { evicted: 1, ..PassSummary::default() });
-    assert!(cluster.pods().iter().all(|(_, p)| p["metadata"]["name"] != lost[0].as_str()));
+    // Evicted gracefully: terminating, with the default 30 s grace.
+    let pods = cluster.pods();
+    let evicted = pods.iter().find(|(_, p)| p["metadata"]["name"] == lost[0].as_str()).unwrap();
+    assert_eq!(evicted.1["metadata"]["deletionGracePeriodSeconds"], 30, "{}", evicted.1);
+    assert_eq!(reconcile_nodes(&cluster.store, &config, t + 1000).unwrap(), PassSummary::default(), "evicted once");
 
     // The Deployment replaces it, the scheduler places it on a Ready node.
     cluster.converge(t + 1000);
+    // No agent will finish node-c's pod: the garbage collector removes it
+    // once its grace is over, not before.
+    assert_eq!(collect_garbage(&cluster.store, t + 1000).unwrap(), GcSummary::default());
+    let gc = collect_garbage(&cluster.store, t + 31_000).unwrap();
+    assert_eq!(gc, GcSummary { force_deleted: 1, ..GcSummary::default() });
+    assert!(cluster.pods().iter().all(|(_, p)| p["metadata"]["name"] != lost[0].as_str()));
     let pods = cluster.pods();
     assert_eq!(pods.len(), 3);
     for (_, pod) in &pods {
