@@ -45,6 +45,13 @@ pub const KINDS: &[KindRef] = &[
         namespaced: true,
         aliases: &["endpointslice", "endpoints", "ep"],
     },
+    KindRef {
+        kind: "ControllerRevision",
+        api_version: "apps/v1",
+        resource: "controllerrevisions",
+        namespaced: true,
+        aliases: &["controllerrevision"],
+    },
     KindRef { kind: "Node", api_version: "v1", resource: "nodes", namespaced: false, aliases: &["node", "no"] },
     KindRef {
         kind: "Namespace",
@@ -337,6 +344,7 @@ fn table(kind: &KindRef, items: &[Value], with_ns: bool, wide: bool) -> String {
         "Service" => vec!["NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "AGE"],
         "Node" => vec!["NAME", "STATUS", "AGE"],
         "EndpointSlice" => vec!["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"],
+        "ControllerRevision" => vec!["NAME", "CONTROLLER", "REVISION", "AGE"],
         _ => vec!["NAME", "AGE"],
     };
     if wide {
@@ -435,6 +443,21 @@ fn table(kind: &KindRef, items: &[Value], with_ns: bool, wide: bool) -> String {
                     a,
                 ]
             }
+            "ControllerRevision" => {
+                let owner = o["metadata"]["ownerReferences"]
+                    .as_array()
+                    .and_then(|rs| rs.iter().find(|r| r["controller"] == Value::Bool(true)))
+                    .map_or_else(
+                        || "<none>".to_owned(),
+                        |r| {
+                            let group = r["apiVersion"].as_str().and_then(|v| v.split_once('/')).map(|(g, _)| g);
+                            let kind = r["kind"].as_str().unwrap_or("").to_ascii_lowercase();
+                            let kind = group.map_or(kind.clone(), |g| format!("{kind}.{g}"));
+                            format!("{kind}/{}", r["name"].as_str().unwrap_or(""))
+                        },
+                    );
+                vec![name, owner, o["revision"].as_i64().unwrap_or(0).to_string(), a]
+            }
             _ => vec![name, a],
         };
         if wide {
@@ -491,11 +514,15 @@ pub async fn delete(
     kind: &str,
     name: &str,
     namespace: Option<&str>,
+    grace_period_seconds: Option<i64>,
 ) -> Result<String, ClientError> {
     let kind = KindRef::find(kind).ok_or_else(|| unknown_kind(kind))?;
     let ns = namespace.unwrap_or(client.namespace());
     let path = if kind.namespaced { kind.item(ns, name) } else { format!("{}/{name}", kind.collection(None)) };
-    client.json(Method::DELETE, &path, None).await?;
+    let options = grace_period_seconds.map(|g| {
+        serde_json::json!({"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": g})
+    });
+    client.json(Method::DELETE, &path, options.as_ref()).await?;
     Ok(format!("{} deleted", kind.display(name)))
 }
 
@@ -559,6 +586,115 @@ pub async fn rollout_status(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// A Deployment and its revisions (ControllerRevisions it controls),
+/// oldest first.
+async fn deployment_history(
+    client: &ApiClient,
+    name: &str,
+    namespace: Option<&str>,
+) -> Result<(Value, Vec<Value>), ClientError> {
+    let ns = namespace.unwrap_or(client.namespace());
+    let deployments = KindRef::find("deployments").ok_or_else(|| unknown_kind("deployments"))?;
+    let revisions = KindRef::find("controllerrevisions").ok_or_else(|| unknown_kind("controllerrevisions"))?;
+    let d = client.json(Method::GET, &deployments.item(ns, name), None).await?;
+    let uid = d["metadata"]["uid"].clone();
+    let list = client.json(Method::GET, &revisions.collection(Some(ns)), None).await?;
+    let mut owned: Vec<Value> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| {
+            r["metadata"]["ownerReferences"]
+                .as_array()
+                .is_some_and(|refs| refs.iter().any(|o| o["controller"] == Value::Bool(true) && o["uid"] == uid))
+        })
+        .cloned()
+        .collect();
+    owned.sort_by_key(|r| r["revision"].as_i64().unwrap_or(0));
+    Ok((d, owned))
+}
+
+/// `berth rollout history deployment/NAME [--revision N]`, as kubectl
+/// prints it.
+///
+/// # Errors
+/// No such Deployment or revision, or the server's error.
+pub async fn rollout_history(
+    client: &ApiClient,
+    name: &str,
+    namespace: Option<&str>,
+    revision: Option<i64>,
+) -> Result<String, ClientError> {
+    let (_, revisions) = deployment_history(client, name, namespace).await?;
+    let display = format!("deployment.apps/{name}");
+    if let Some(n) = revision {
+        let r = revisions
+            .iter()
+            .find(|r| r["revision"].as_i64() == Some(n))
+            .ok_or_else(|| ClientError::Config(format!("unable to find the specified revision {n}")))?;
+        let template = serde_yaml::to_string(&r["data"]["spec"]["template"]).unwrap_or_default();
+        let indented: String = template.lines().map(|l| format!("  {l}\n")).collect();
+        return Ok(format!("{display} with revision #{n}\nPod Template:\n{indented}"));
+    }
+    let mut out = format!("{display}\nREVISION  CHANGE-CAUSE\n");
+    for r in &revisions {
+        let cause = r["metadata"]["annotations"][CHANGE_CAUSE].as_str().unwrap_or("<none>");
+        out.push_str(&format!("{:<10}{cause}\n", r["revision"].as_i64().unwrap_or(0)));
+    }
+    Ok(out)
+}
+
+/// kubectl's change-cause annotation.
+const CHANGE_CAUSE: &str = "kubernetes.io/change-cause";
+/// The Deployment annotation with its current revision.
+const REVISION: &str = "deployment.kubernetes.io/revision";
+
+/// `berth rollout undo deployment/NAME [--to-revision N]`: copies the
+/// revision's pod template back into the Deployment (as kubectl does,
+/// client side, with the Deployment's resourceVersion as precondition).
+/// Without `--to-revision`, the revision before the current one.
+///
+/// # Errors
+/// No history, no such revision, or the server's error (409 when the
+/// Deployment changed meanwhile).
+pub async fn rollout_undo(
+    client: &ApiClient,
+    name: &str,
+    namespace: Option<&str>,
+    to_revision: Option<i64>,
+) -> Result<String, ClientError> {
+    let (mut d, revisions) = deployment_history(client, name, namespace).await?;
+    let display = format!("deployment.apps/{name}");
+    let current = d["metadata"]["annotations"][REVISION].as_str().and_then(|r| r.parse::<i64>().ok());
+    let target = match to_revision.filter(|n| *n != 0) {
+        Some(n) => revisions
+            .iter()
+            .find(|r| r["revision"].as_i64() == Some(n))
+            .ok_or_else(|| ClientError::Config(format!("unable to find specified revision {n} in history")))?,
+        None => {
+            let current = current.or_else(|| revisions.last().and_then(|r| r["revision"].as_i64())).unwrap_or(0);
+            revisions
+                .iter()
+                .rev()
+                .find(|r| r["revision"].as_i64().is_some_and(|n| n < current))
+                .ok_or_else(|| ClientError::Config(format!("no rollout history found for deployment {name:?}")))?
+        }
+    };
+    let n = target["revision"].as_i64().unwrap_or(0);
+    let template = target["data"]["spec"]["template"].clone();
+    if template.is_null() {
+        return Err(ClientError::Protocol(format!("revision {n} of {display} has no pod template")));
+    }
+    if d["spec"]["template"] == template {
+        return Ok(format!("{display} skipped rollback (current template already matches revision {n})"));
+    }
+    d["spec"]["template"] = template;
+    let ns = namespace.unwrap_or(client.namespace());
+    let path = KindRef::find("deployments").ok_or_else(|| unknown_kind("deployments"))?.item(ns, name);
+    client.json(Method::PUT, &path, Some(&d)).await?;
+    Ok(format!("{display} rolled back"))
 }
 
 /// kubectl's rollout status messages (`DeploymentStatusViewer`).

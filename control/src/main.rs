@@ -40,8 +40,14 @@ enum Command {
         #[arg(short, long, value_enum)]
         output: Option<cli::Output>,
     },
-    /// Delete an object.
-    Delete { kind: String, name: String },
+    /// Delete an object (a running pod terminates gracefully first).
+    Delete {
+        kind: String,
+        name: String,
+        /// Seconds a pod gets to stop; 0 removes it at once.
+        #[arg(long)]
+        grace_period: Option<i64>,
+    },
     /// Set a Deployment's replicas.
     Scale {
         kind: String,
@@ -122,6 +128,27 @@ enum Rollout {
         #[arg(long, default_value_t = 600)]
         timeout_seconds: u64,
     },
+    /// List a Deployment's revisions, or show one.
+    History {
+        name: String,
+        #[arg(long)]
+        revision: Option<i64>,
+    },
+    /// Roll back to the previous revision, or to `--to-revision`.
+    Undo {
+        name: String,
+        #[arg(long)]
+        to_revision: Option<i64>,
+    },
+}
+
+/// `deployment/web`, `deploy/web`, `deployment.apps/web` or `web`.
+fn deployment_name(name: &str) -> Result<String, ClientError> {
+    match name.split_once('/') {
+        None => Ok(name.to_owned()),
+        Some(("deployment" | "deploy" | "deployments" | "deployment.apps", n)) if !n.is_empty() => Ok(n.to_owned()),
+        Some(_) => Err(ClientError::Config(format!("{name:?}: only deployments have rollouts"))),
+    }
 }
 
 fn config_path(cli: &Option<PathBuf>) -> PathBuf {
@@ -212,12 +239,20 @@ async fn run(cli: Cli, path: &std::path::Path) -> Result<(), ClientError> {
         Command::Get { kind, name, all_namespaces, output } => {
             print!("{}", cli::get(&client, &kind, name.as_deref(), ns, all_namespaces, output).await?);
         }
-        Command::Delete { kind, name } => println!("{}", cli::delete(&client, &kind, &name, ns).await?),
+        Command::Delete { kind, name, grace_period } => {
+            println!("{}", cli::delete(&client, &kind, &name, ns, grace_period).await?)
+        }
         Command::Scale { kind, name, replicas } => {
             println!("{}", cli::scale(&client, &kind, &name, replicas, ns).await?)
         }
+        Command::Rollout { action: Rollout::History { name, revision } } => {
+            print!("{}", cli::rollout_history(&client, &deployment_name(&name)?, ns, revision).await?);
+        }
+        Command::Rollout { action: Rollout::Undo { name, to_revision } } => {
+            println!("{}", cli::rollout_undo(&client, &deployment_name(&name)?, ns, to_revision).await?);
+        }
         Command::Rollout { action: Rollout::Status { name, timeout_seconds } } => {
-            let name = name.strip_prefix("deployment/").or(name.strip_prefix("deploy/")).unwrap_or(&name).to_owned();
+            let name = deployment_name(&name)?;
             let done = cli::rollout_status(&client, &name, ns, Duration::from_secs(timeout_seconds), |m| print!("{m}"))
                 .await?;
             print!("{done}");
