@@ -519,9 +519,8 @@ pub async fn delete(
     let kind = KindRef::find(kind).ok_or_else(|| unknown_kind(kind))?;
     let ns = namespace.unwrap_or(client.namespace());
     let path = if kind.namespaced { kind.item(ns, name) } else { format!("{}/{name}", kind.collection(None)) };
-    let options = grace_period_seconds.map(|g| {
-        serde_json::json!({"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": g})
-    });
+    let options = grace_period_seconds
+        .map(|g| serde_json::json!({"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": g}));
     client.json(Method::DELETE, &path, options.as_ref()).await?;
     Ok(format!("{} deleted", kind.display(name)))
 }

@@ -34,9 +34,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-use super::loops::{
-    ControllerError, PodDeleted, Stored, condition_true, delete_pod, is_race, list, store_err, str_at,
-};
+use super::loops::{ControllerError, PodDeleted, Stored, condition_true, delete_pod, is_race, list, store_err, str_at};
 use crate::resources::{
     CONTROLLER_REVISION, DEPLOYMENT, NODE, POD, deletion_deadline_ms, is_terminating, store_key, store_prefix,
 };

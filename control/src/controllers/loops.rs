@@ -75,8 +75,8 @@ use super::deployment::{Desired, IntOrPercent, Observed, Strategy, plan};
 use super::revisions;
 use crate::api::admission::Admission;
 use crate::resources::{
-    CONTROLLER_REVISION, DEPLOYMENT, Deletion, NODE, POD, is_terminating, parse_cpu, parse_memory, pod_deletion, store_key, store_prefix,
-    uuid_v4,
+    CONTROLLER_REVISION, DEPLOYMENT, Deletion, NODE, POD, is_terminating, parse_cpu, parse_memory, pod_deletion,
+    store_key, store_prefix, uuid_v4,
 };
 use crate::scheduler::{
     ClusterState, ContainerResources, HostPort, NodeInfo, PlaceError, PodRequest, Protocol, Requests, Resources,

@@ -29,8 +29,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 
-use super::pod::DEFAULT_TERMINATION_GRACE_SECONDS;
 use super::Deletion;
+use super::pod::DEFAULT_TERMINATION_GRACE_SECONDS;
 
 /// How to delete `pod` (its stored JSON) now, with the request's grace.
 pub fn pod_deletion(pod: &Value, requested_grace: Option<i64>, now_ms: u64) -> Deletion {

@@ -535,7 +535,8 @@ fn deleting_a_deployment_collects_its_pods_and_revisions() {
     let gc = collect_garbage(&cluster.store, cluster.now_ms).unwrap();
     assert_eq!(gc, GcSummary { orphan_pods: 3, orphan_revisions: 1, ..GcSummary::default() });
     // Bound and running: terminating, for the agent to stop.
-    let old: Vec<Value> = cluster.pods().into_iter().filter(|p| p["metadata"]["ownerReferences"][0]["uid"] != new_uid).collect();
+    let old: Vec<Value> =
+        cluster.pods().into_iter().filter(|p| p["metadata"]["ownerReferences"][0]["uid"] != new_uid).collect();
     assert_eq!(old.len(), 3);
     assert!(old.iter().all(|p| !p["metadata"]["deletionTimestamp"].is_null()));
     assert_eq!(collect_garbage(&cluster.store, cluster.now_ms).unwrap(), GcSummary::default(), "idempotent");
