@@ -1,0 +1,212 @@
+//! Every validation rule of the issue through a real `berth serve` (TLS,
+//! the generated admin token, the redb store): each bad object gets 422
+//! (or 404, 413) with its field path and Kubernetes' wording, and nothing
+//! is stored — the store's revision does not move.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests panic so failures carry a backtrace")]
+
+mod common;
+
+use berth_control::client::{ApiClient, ClientError};
+use common::serve::{Serve, free_port};
+use hyper::Method;
+use serde_json::{Value, json};
+
+const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
+const SERVICES: &str = "/api/v1/namespaces/default/services";
+const PODS: &str = "/api/v1/namespaces/default/pods";
+
+fn deployment() -> Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "berth-test:latest", "ports": [{"containerPort": 8080}]}]}
+            }
+        }
+    })
+}
+
+fn service() -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+    })
+}
+
+fn with(mut object: Value, pointer: &str, value: Value) -> Value {
+    let (parent, field) = pointer.rsplit_once('/').unwrap();
+    let target = object.pointer_mut(parent).unwrap_or_else(|| panic!("no {parent}"));
+    match (target, field.parse::<usize>()) {
+        (Value::Array(a), Ok(i)) => a[i] = value,
+        (t, _) => {
+            t[field] = value;
+        }
+    }
+    object
+}
+
+/// The store's current revision, as a list answers it.
+async fn revision(client: &ApiClient) -> u64 {
+    let list = client.json(Method::GET, "/api/v1/namespaces", None).await.unwrap();
+    list["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap()
+}
+
+#[test]
+fn every_validation_rule_is_refused_with_its_field_and_nothing_is_stored() {
+    common::run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let serve = Serve::start(&dir.path().join("data"), free_port());
+        let client = ApiClient::new(serve.admin_config()).unwrap();
+        // Something stored first, so "nothing stored" is checked against a
+        // live revision.
+        // No selector: the endpoints controller leaves it alone, so only a
+        // refused write could move the revision.
+        let seed = with(with(service(), "/metadata/name", json!("seed")), "/spec/selector", Value::Null);
+        let first = client.json(Method::POST, SERVICES, Some(&seed)).await.unwrap();
+        let mut second = first.clone();
+        second["metadata"]["labels"] = json!({"version": "2"});
+        client.json(Method::PUT, &format!("{SERVICES}/seed"), Some(&second)).await.unwrap();
+        let before = revision(&client).await;
+
+        // (what, path, object, field, reason in the message)
+        let cases: Vec<(&str, &str, Value, &str, &str)> = vec![
+            (
+                "replicas < 0",
+                DEPLOYMENTS,
+                with(deployment(), "/spec/replicas", json!(-1)),
+                "spec.replicas",
+                "Invalid value: -1: must be greater than or equal to 0",
+            ),
+            (
+                "selector not matching the template",
+                DEPLOYMENTS,
+                with(deployment(), "/spec/selector/matchLabels", json!({"app": "other"})),
+                "spec.template.metadata.labels",
+                "`selector` does not match template `labels`",
+            ),
+            (
+                "missing selector",
+                DEPLOYMENTS,
+                with(deployment(), "/spec/selector", Value::Null),
+                "spec.selector",
+                "Required value",
+            ),
+            (
+                "unknown field",
+                DEPLOYMENTS,
+                with(deployment(), "/spec/replica", json!(3)),
+                "spec.replica",
+                "unknown field \"spec.replica\"",
+            ),
+            ("malformed field", DEPLOYMENTS, with(deployment(), "/spec/replicas", json!("three")), "spec.replicas", ""),
+            (
+                "port 0",
+                SERVICES,
+                with(service(), "/spec/ports/0/port", json!(0)),
+                "spec.ports[0].port",
+                "Invalid value: 0: must be between 1 and 65535, inclusive",
+            ),
+            (
+                "port 65536",
+                SERVICES,
+                with(service(), "/spec/ports/0/port", json!(65536)),
+                "spec.ports[0].port",
+                "must be between 1 and 65535, inclusive",
+            ),
+            (
+                "duplicate port names",
+                SERVICES,
+                with(service(), "/spec/ports", json!([{"name": "http", "port": 80}, {"name": "http", "port": 81}])),
+                "spec.ports[1].name",
+                "Duplicate value: \"http\"",
+            ),
+            (
+                "ClusterIP outside the range",
+                SERVICES,
+                with(service(), "/spec/clusterIP", json!("10.0.0.1")),
+                "spec.clusterIPs",
+                "provided IP is not in the valid range. The range of valid IPs is 198.19.0.0/16",
+            ),
+            (
+                "bad lb algorithm",
+                SERVICES,
+                with(service(), "/metadata/annotations", json!({"berth.dev/lb-algorithm": "fastest"})),
+                "metadata.annotations[berth.dev/lb-algorithm]",
+                "Unsupported value: \"fastest\": supported values: \"maglev\", \"random\", \"wrr\"",
+            ),
+            (
+                "name not a DNS label",
+                SERVICES,
+                with(service(), "/metadata/name", json!("Web_1")),
+                "metadata.name",
+                "a DNS-1035 label must consist of lower case alphanumeric characters or '-'",
+            ),
+            (
+                "container without image",
+                PODS,
+                json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}}),
+                "spec.containers[0].image",
+                "Required value",
+            ),
+            (
+                "targetPort out of range",
+                SERVICES,
+                with(service(), "/spec/ports/0/targetPort", json!(70000)),
+                "spec.ports[0].targetPort",
+                "must be between 1 and 65535, inclusive",
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (what, path, object, field, reason) in &cases {
+            match client.json(Method::POST, path, Some(object)).await {
+                Err(ClientError::Status { code: 422, message, causes, .. }) => {
+                    let named = causes.iter().any(|(f, m)| f == field && m.contains(reason));
+                    if !named || !message.contains(field) {
+                        failures.push(format!("{what}: wanted {field}: {reason}; got {message} {causes:?}"));
+                    }
+                }
+                other => failures.push(format!("{what}: wanted 422, got {:?}", other.map(|v| v.to_string()))),
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+        // An unknown kind: 404, as kube-apiserver answers it.
+        let replicasets = "/apis/apps/v1/namespaces/default/replicasets";
+        match client.json(Method::POST, replicasets, Some(&json!({"metadata": {"name": "x"}}))).await {
+            Err(ClientError::Status { code: 404, .. }) => {}
+            other => panic!("unknown kind: wanted 404, got {other:?}"),
+        }
+        // A body over the limit: 413.
+        let huge = with(service(), "/metadata/annotations", json!({"big": "x".repeat(4 << 20)}));
+        match client.json(Method::POST, SERVICES, Some(&huge)).await {
+            Err(ClientError::Status { code: 413, .. }) => {}
+            other => panic!("oversized body: wanted 413, got {:?}", other.map(|_| ())),
+        }
+        // A stale update: 409, nothing changed.
+        let mut stale = first.clone();
+        stale["metadata"]["labels"] = json!({"changed": "yes"});
+        match client.json(Method::PUT, &format!("{SERVICES}/seed"), Some(&stale)).await {
+            Err(ClientError::Status { code: 409, .. }) => {}
+            other => panic!("stale update: wanted 409, got {other:?}"),
+        }
+
+        assert_eq!(revision(&client).await, before, "a refused write stored something");
+        for (path, name) in [(DEPLOYMENTS, "web"), (SERVICES, "web"), (PODS, "p")] {
+            match client.json(Method::GET, &format!("{path}/{name}"), None).await {
+                Err(ClientError::Status { code: 404, .. }) => {}
+                other => panic!("{path}/{name} should not exist: {other:?}"),
+            }
+        }
+        // And the valid objects are accepted, so the cases above were refused
+        // for their one fault.
+        client.json(Method::POST, DEPLOYMENTS, Some(&deployment())).await.unwrap();
+        client.json(Method::POST, SERVICES, Some(&service())).await.unwrap();
+    });
+}
