@@ -20,6 +20,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod controllers;
+pub mod describe;
 pub mod leader;
 pub mod resources;
 pub mod scheduler;

@@ -6,6 +6,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use berth_control::{
     cli,
     client::{ApiClient, ClientError, Config, load_config},
+    describe,
 };
 use clap::{Parser, Subcommand};
 
@@ -40,6 +41,8 @@ enum Command {
         #[arg(short, long, value_enum)]
         output: Option<cli::Output>,
     },
+    /// Show an object in detail, with what relates to it (kubectl describe).
+    Describe { kind: String, name: String },
     /// Delete an object (a running pod terminates gracefully first).
     Delete {
         kind: String,
@@ -239,6 +242,7 @@ async fn run(cli: Cli, path: &std::path::Path) -> Result<(), ClientError> {
         Command::Get { kind, name, all_namespaces, output } => {
             print!("{}", cli::get(&client, &kind, name.as_deref(), ns, all_namespaces, output).await?);
         }
+        Command::Describe { kind, name } => print!("{}", describe::describe(&client, &kind, &name, ns).await?),
         Command::Delete { kind, name, grace_period } => {
             println!("{}", cli::delete(&client, &kind, &name, ns, grace_period).await?)
         }
