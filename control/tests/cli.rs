@@ -84,6 +84,20 @@ fn apply_get_scale_and_durability_through_the_binaries() {
     let out = berth(&config, &["get", "pods"]);
     assert!(text(&out).contains("Pending") && text(&out).contains("0/1"), "{}", text(&out));
 
+    // describe: kubectl's layout, with the owned pods and the scheduler's
+    // reason.
+    let out = berth(&config, &["describe", "deployment", "web"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let described = text(&out);
+    assert!(described.contains("Replicas:               3 desired | 3 updated | 3 total | 0 available"), "{described}");
+    assert!(described.contains("RollingUpdateStrategy:  0 max unavailable, 1 max surge"), "{described}");
+    let pod = pods[0]["metadata"]["name"].as_str().unwrap();
+    assert!(described.contains(pod), "{described}");
+    let out = berth(&config, &["describe", "pod", pod]);
+    assert!(text(&out).contains("Controlled By:  Deployment/web"), "{}", text(&out));
+    let out = berth(&config, &["describe", "nosuchkind", "x"]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+
     // The endpoints pass gave the Service its (still empty) EndpointSlice.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
