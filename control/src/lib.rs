@@ -8,12 +8,14 @@
 //! each kind (validation with field paths, defaults, ClusterIP/NodePort
 //! allocation) behind [`api::admission::Admission`]; [`api`] HTTPS,
 //! authentication, Kubernetes REST paths and watches; [`scheduler`]
-//! placement; [`controllers`] the planners of the Deployment, endpoints
-//! and node lifecycle loops; [`client`] and [`cli`] the command line.
+//! placement; [`controllers`] the Deployment (with revision history),
+//! endpoints, node lifecycle and garbage collection passes; [`client`],
+//! [`cli`] and [`describe`] the command line.
 //!
 //! # Limitations
-//! Work in progress (issue 6): the controller loops and `berth serve` are
-//! not wired together yet; the pieces are tested on their own.
+//! The node agents do not join yet (the cluster issue): until they do, pods
+//! are placed and tracked but nothing runs them, and `logs`/`top` are not
+//! offered. The tests play the agents through the API.
 #![forbid(unsafe_code)]
 
 pub mod api;

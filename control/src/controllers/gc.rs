@@ -9,7 +9,7 @@
 //!   kubectl's default): pods and ControllerRevisions whose controller
 //!   `ownerReference` names a Deployment that no longer exists, or exists
 //!   with another uid (deleted and created again). Pods are deleted as the
-//!   API deletes them ([`super::loops::delete_pod`]: gracefully when
+//!   API deletes them (`delete_pod`: gracefully when
 //!   running on a node), revisions at once. Before deleting, the owner is
 //!   read again from the store, so a Deployment created after this pass
 //!   listed them never loses its pods.

@@ -26,6 +26,14 @@
 //!   `spec.template` (serde_json's maps are sorted, so the encoding is
 //!   canonical), as 8 hex digits. Stable across processes and releases of
 //!   berth as long as the stored template's JSON is the same.
+//! - **Deletion** is the API's: a pod bound to a node and still running is
+//!   marked terminating (`deletionTimestamp`, see
+//!   [`crate::resources::pod_deletion`]) for its agent to stop and remove;
+//!   others are removed at once. Terminating pods are neither counted nor
+//!   touched again. A deleted Deployment's pods are the garbage
+//!   collector's ([`super::gc`]).
+//! - **Revision history**: see [`super::revisions`]; synced before pods
+//!   are created, and the revision number is written with the status.
 //! - **Status** (`observedGeneration`, `replicas`, `updatedReplicas`,
 //!   `readyReplicas`, `availableReplicas`, `unavailableReplicas`) describes
 //!   the pods after this pass's writes, and is written directly to the store
@@ -42,22 +50,15 @@
 //!   rollout spread together.
 //!
 //! # Limitations
-//! - Pods are deleted at once (store delete with the expected revision): no
-//!   graceful termination, `deletionTimestamp` or grace period yet; the
-//!   agent sees the pod vanish. Pods that do carry a `deletionTimestamp`
-//!   (set by someone else) are treated as terminating and left alone.
 //! - Full lists each pass: O(objects) per period. Fine for berth's scale;
 //!   a watch-fed cache would make it incremental.
 //! - No `minReadySeconds`: available means ready. No `paused`,
-//!   `progressDeadlineSeconds`, revision history or `conditions` in the
-//!   Deployment status.
+//!   `progressDeadlineSeconds` or `conditions` in the Deployment status.
 //! - `creationTimestamp` has one-second resolution, so the planner's
 //!   "newest first" ranking breaks ties within a second by name.
 //! - A Deployment whose name is so long that `<name>-<hash>-<suffix>`
 //!   exceeds 253 characters gets its pods refused by admission (counted in
 //!   [`Summary::rejected`] and logged), as the names are not truncated.
-//! - No garbage collection: deleting a Deployment leaves its pods (the
-//!   owner reference is there for a future collector).
 //! - A pod bound to a node that has no Node object is not counted by the
 //!   scheduler (there is nothing to count it against).
 

@@ -45,9 +45,10 @@
 //!   agent reports not ready for another reason stays so while it
 //!   heartbeats (it is still evicted after the toleration);
 //!   `lastHeartbeatTime` is kept (it is the agent's). `Evict` → every pod
-//!   with `spec.nodeName` equal to the node is deleted with its revision as
-//!   precondition; the Deployment pass recreates them and the scheduler
-//!   places them on Ready nodes.
+//!   with `spec.nodeName` equal to the node is deleted as the API deletes
+//!   it (marked terminating), with its revision as precondition; the
+//!   Deployment pass replaces them and the scheduler places the new ones
+//!   on Ready nodes.
 //! - Node status is written directly to the store (no admission), like
 //!   Deployment status in [`super::loops`].
 //!
@@ -60,9 +61,9 @@
 //!   and the loser counts a conflict each pass).
 //! - Slices carry no `ownerReferences` (no garbage collector yet) and no
 //!   `uid`; the pass deletes them itself.
-//! - Evictions delete pods outright (no graceful termination, no
-//!   `deletionTimestamp`) and without admission's `release` operations, as
-//!   the pass has no admission; pods hold no allocations today.
+//! - Evictions are graceful deletions with the pod's own grace; when no
+//!   agent finishes them (the node stays lost), the garbage collector
+//!   removes them after the grace ([`super::gc`]).
 //! - Nodes' lease times have one-second resolution (RFC 3339 to the
 //!   second, as stored).
 
