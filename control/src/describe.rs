@@ -14,7 +14,7 @@
 //!   separated by tabs and aligns them with Go's `text/tabwriter`
 //!   (min width 0, padding 2, spaces): a column block is a run of
 //!   consecutive lines having a cell in that column, and each block is as
-//!   wide as its widest cell plus two. [`tabbed`] reimplements that
+//!   wide as its widest cell plus two. `tabbed` reimplements that
 //!   algorithm, so the section strings below are kubectl's format strings
 //!   and the output lines up exactly as kubectl's does, including its
 //!   quirks (a new block starts after every line without a tab). Trailing

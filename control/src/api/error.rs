@@ -32,7 +32,7 @@ pub struct Cause {
     pub reason: &'static str,
 }
 
-/// Why a request failed. Handlers return it; [`response`] is the only place
+/// Why a request failed. Handlers return it; `response` is the only place
 /// that turns it into an HTTP status and a `Status` body.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
