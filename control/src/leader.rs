@@ -42,11 +42,13 @@
 //!   revoked lease) or the watch fails, leadership ends at once.
 //!
 //! # Limitations
-//! - No fencing: a leader whose process stalls (SIGSTOP, a long pause)
-//!   across its deadline acts on its stale belief until it next checks
-//!   [`Leadership::is_leader`]. Store writes are not conditioned on the
-//!   leader's key (an etcd transaction could compare its create revision;
-//!   [`crate::store::Store`] has no hook for that yet).
+//! - A leader whose process stalls (SIGSTOP, a long pause) across its
+//!   deadline acts on its stale belief until it next checks
+//!   [`Leadership::is_leader`]. What protects the store is fencing, not
+//!   this module: `berth serve` writes its controllers' changes through an
+//!   [`crate::store::EtcdStore`] fenced with [`Leadership::key`] and
+//!   [`Leadership::lease_id`] ([`crate::store::Fence`]), so etcd refuses
+//!   them once the lease is gone.
 //! - Deleting a leader's key or revoking its lease from outside hands over at
 //!   once, with no such guarantee: the old leader learns of it through its
 //!   watch, possibly a moment after the new leader did.

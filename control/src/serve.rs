@@ -42,7 +42,7 @@ use crate::{
         passes::{reconcile_endpoints, reconcile_nodes},
     },
     resources::{Resources, ResourcesConfig},
-    store::{EtcdOptions, EtcdStore, RedbStore, Store, StoreOptions},
+    store::{EtcdOptions, EtcdStore, Fence, RedbStore, Store, StoreOptions},
 };
 
 /// Which store backs the API.
@@ -193,18 +193,37 @@ pub fn run(options: ServeOptions) -> Result<(), ServeSetupError> {
         let (store, admission, period, lifecycle) = controllers;
         let loops = tokio::spawn(async move {
             match elector {
-                None => run_passes(store, admission, period, lifecycle).await,
+                None => run_passes(store, admission, period, lifecycle, Arc::new(|| true)).await,
                 Some((etcd, identity)) => {
+                    // The controllers write through their own connection,
+                    // fenced with the leadership: a write of a leader whose
+                    // lease has expired fails in etcd itself.
+                    let etcd = Arc::new(etcd);
                     let elector = etcd.elector("controllers", &identity, lease);
+                    let fenced: Arc<dyn Store> = etcd.clone();
                     loop {
                         match elector.campaign().await {
                             Ok(leadership) => {
                                 tracing::info!(identity = %identity, "leading: running the controllers");
+                                let fence = leadership
+                                    .key()
+                                    .zip(leadership.lease_id())
+                                    .map(|(key, lease)| Fence { key: key.to_owned(), lease });
+                                etcd.set_fence(fence);
+                                let leadership = Arc::new(leadership);
+                                let held = leadership.clone();
+                                let leading: Leading = Arc::new(move || held.is_leader());
+                                // Biased: after a stall both may be ready at
+                                // once, and the loss must win, or a pass
+                                // would start after another process leads.
                                 tokio::select! {
+                                    biased;
                                     lost = leadership.lost() => {
                                         tracing::warn!(?lost, "lost the leadership; controllers stopped");
                                     }
-                                    () = run_passes(store.clone(), admission.clone(), period, lifecycle) => {}
+                                    () = run_passes(fenced.clone(), admission.clone(), period, lifecycle, leading) => {
+                                        tracing::warn!("lost the leadership between passes; controllers stopped");
+                                    }
                                 }
                             }
                             Err(e) => {
@@ -236,38 +255,54 @@ pub fn run(options: ServeOptions) -> Result<(), ServeSetupError> {
     })
 }
 
-/// The controller passes, forever, one period apart. Each pass runs on the
-/// blocking pool (the store is synchronous); a failed pass is logged and
-/// the next one tries again.
+/// Whether this process still leads; checked before every controller
+/// pass and between its parts.
+type Leading = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// The controller passes, one period apart, while `leading` holds (for
+/// the embedded store: forever). Each pass runs on the blocking pool (the
+/// store is synchronous); a failed pass is logged and the next one tries
+/// again. Leadership is checked before each part of a pass, so a process
+/// that stalled past its lease does no more than finish the part it was
+/// in (see `leader.rs` on fencing).
 async fn run_passes(
     store: Arc<dyn Store>,
     admission: Arc<Resources>,
     period: std::time::Duration,
     lifecycle: LifecycleConfig,
+    leading: Leading,
 ) {
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let (s, a) = (store.clone(), admission.clone());
+        if !leading() {
+            return;
+        }
+        let (s, a, still) = (store.clone(), admission.clone(), leading.clone());
         let pass = tokio::task::spawn_blocking(move || {
             let now =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            let (s, a) = (s.as_ref(), a.as_ref());
             // Nodes first (readiness feeds endpoints and placement), then
             // pods from Deployments, then their placement, then endpoints,
             // then what deleted owners and lost nodes left behind.
-            let nodes = reconcile_nodes(s.as_ref(), &lifecycle, now).map(|r| format!("{r:?}"));
-            let deployments = reconcile_deployments(s.as_ref(), a.as_ref(), now).map(|r| format!("{r:?}"));
-            let scheduled = schedule_pending(s.as_ref(), now).map(|r| format!("{r:?}"));
-            let endpoints = reconcile_endpoints(s.as_ref(), now).map(|r| format!("{r:?}"));
-            let garbage = collect_garbage(s.as_ref(), now).map(|r| format!("{r:?}"));
-            [
-                ("nodes", nodes),
-                ("deployments", deployments),
-                ("scheduler", scheduled),
-                ("endpoints", endpoints),
-                ("garbage collector", garbage),
-            ]
+            type Part<'a> = (&'static str, Box<dyn Fn() -> Result<String, String> + 'a>);
+            let parts: [Part<'_>; 5] = [
+                ("nodes", Box::new(|| summary(reconcile_nodes(s, &lifecycle, now)))),
+                ("deployments", Box::new(|| summary(reconcile_deployments(s, a, now)))),
+                ("scheduler", Box::new(|| summary(schedule_pending(s, now)))),
+                ("endpoints", Box::new(|| summary(reconcile_endpoints(s, now)))),
+                ("garbage collector", Box::new(|| summary(collect_garbage(s, now)))),
+            ];
+            let mut results = Vec::with_capacity(parts.len());
+            for (name, part) in parts {
+                if !still() {
+                    break;
+                }
+                results.push((name, part()));
+            }
+            results
         })
         .await;
         match pass {
@@ -282,4 +317,8 @@ async fn run_passes(
             Err(e) => tracing::error!(error = %e, "controller pass panicked"),
         }
     }
+}
+
+fn summary<T: std::fmt::Debug>(result: Result<T, impl std::fmt::Display>) -> Result<String, String> {
+    result.map(|r| format!("{r:?}")).map_err(|e| e.to_string())
 }

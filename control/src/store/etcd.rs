@@ -41,6 +41,9 @@
 //!   caught up, so [`Store::watch`] finds it out first with a read at
 //!   revision `from`, made after the watch is registered (a compaction cannot
 //!   slip in between unnoticed), and then waits for etcd's cancellation.
+//! - **Fencing** ([`EtcdStore::set_fence`]): every write of a fenced store
+//!   also compares the lease of a leadership key, so a stale leader's
+//!   writes fail with [`StoreError::Fenced`] in etcd itself.
 //! - **Blocking.** [`Store`] is synchronous and etcd-client is async, so the
 //!   store owns a small tokio runtime (one worker thread, named
 //!   `berth-etcd`) that drives the gRPC connection and the watch pumps; each
@@ -81,8 +84,7 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use etcd_client::{
@@ -154,6 +156,21 @@ pub struct EtcdStore {
     options: EtcdOptions,
     /// The endpoints, for error messages.
     location: String,
+    /// Every write also requires this; see [`EtcdStore::set_fence`].
+    fence: RwLock<Option<Fence>>,
+}
+
+/// A condition every write of a fenced store carries: the etcd key `key`
+/// (raw, not under the store's root) exists and is attached to `lease`.
+/// A leader fences its controllers' store with its election key and lease
+/// ([`crate::leader::Leadership::key`], [`crate::leader::Leadership::lease_id`]):
+/// once the lease expires (the process stalled or lost etcd) its writes
+/// fail with [`StoreError::Fenced`], even those it was in the middle of,
+/// so a stale leader cannot write after another one took over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub key: String,
+    pub lease: i64,
 }
 
 impl EtcdStore {
@@ -188,7 +205,7 @@ impl EtcdStore {
             .block_on(Client::connect(&options.endpoints, Some(connect)))
             .map_err(|e| backend_error("connecting to etcd", &location, e))?;
         let kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
-        let store = EtcdStore { runtime: Some(runtime), client, kv, root, options, location };
+        let store = EtcdStore { runtime: Some(runtime), client, kv, root, options, location, fence: RwLock::new(None) };
         // etcd-client connects lazily: ask once, so a wrong address fails here.
         store.current_revision()?;
         Ok(store)
@@ -213,6 +230,12 @@ impl EtcdStore {
     /// watches of the store do not see them.
     pub fn elector(&self, name: &str, identity: &str, lease_ttl: Duration) -> Elector {
         Elector::etcd(self.client(), &format!("{}.elections/{name}", self.root), identity, lease_ttl)
+    }
+
+    /// Fences (or, with None, unfences) every later write of this store:
+    /// see [`Fence`]. Reads and watches are not affected.
+    pub fn set_fence(&self, fence: Option<Fence>) {
+        *self.fence.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fence;
     }
 
     fn runtime(&self) -> &Runtime {
@@ -286,6 +309,10 @@ impl EtcdStore {
             // The revisions are enough to name the failing condition.
             failure.push(TxnOp::get(key.as_str(), Some(GetOptions::new().with_keys_only())));
         }
+        let fence = self.fence.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if let Some(fence) = &fence {
+            compares.push(Compare::lease(fence.key.as_str(), CompareOp::Equal, fence.lease));
+        }
         let txn = Txn::new().when(compares).and_then(success).or_else(failure);
         let context = match keys.as_slice() {
             [key] => key.as_str(),
@@ -319,6 +346,10 @@ impl EtcdStore {
                     }
                 }
             }
+        }
+        // Every operation's condition held: the fence failed.
+        if let Some(fence) = fence {
+            return Err(StoreError::Fenced { key: fence.key, lease: fence.lease });
         }
         let why = "etcd refused the transaction's conditions, but they all hold in its answer";
         Err(backend_error("writing", &format!("{}{context}", self.location), etcd_client::Error::Internal(why.into())))
@@ -386,15 +417,8 @@ fn exists(key: &str, expected: Option<Revision>) -> Vec<Compare> {
 }
 
 /// The store error for a failed etcd request.
-///
-/// [`StoreError`] has no etcd variant yet: the etcd error travels as the
-/// I/O error inside a `redb::Error`, and `path` names the endpoints and key.
 fn backend_error(operation: &'static str, location: &str, source: etcd_client::Error) -> StoreError {
-    StoreError::Backend {
-        operation,
-        path: PathBuf::from(location),
-        source: Box::new(::redb::Error::Io(io::Error::other(source))),
-    }
+    StoreError::Etcd { operation, location: location.to_owned(), source: Box::new(source) }
 }
 
 fn timed_out<T>(_: tokio::time::error::Elapsed) -> Result<T, etcd_client::Error> {

@@ -82,7 +82,7 @@
 //!   not part of the trait: nothing needs them yet.
 
 mod etcd;
-pub use self::etcd::{EtcdOptions, EtcdStore};
+pub use self::etcd::{EtcdOptions, EtcdStore, Fence};
 mod mem;
 mod redb;
 mod watch;
@@ -298,6 +298,19 @@ pub enum StoreError {
     WatchLagged { prefix: String, revision: Revision, capacity: usize },
     #[error("watch on {prefix:?} ended: the store was closed")]
     WatchClosed { prefix: String },
+    /// An etcd request failed (`location` names the endpoints and key).
+    #[error("{operation} at {location}")]
+    Etcd {
+        operation: &'static str,
+        location: String,
+        #[source]
+        source: Box<etcd_client::Error>,
+    },
+    /// A fenced write (see `EtcdStore::fence`) was refused: this process's
+    /// leadership key is gone or belongs to another lease, so another
+    /// process may lead.
+    #[error("write refused: {key:?} no longer holds lease {lease:x}, so this process no longer leads")]
+    Fenced { key: String, lease: i64 },
 }
 
 /// One applied operation: its event and, for updates and deletes, the value
