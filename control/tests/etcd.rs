@@ -13,26 +13,20 @@
 mod common;
 
 use common::TEST_IP;
+use common::etcd::{EtcdServer, free_ports};
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use berth_control::leader::{Elector, Leadership, Lost};
 use berth_control::store::{
-    EtcdOptions, EtcdStore, Event, EventKind, Op, Revision, Store, StoreError, Versioned, Watch,
+    EtcdOptions, EtcdStore, Event, EventKind, Fence, Op, Revision, Store, StoreError, Versioned, Watch,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-
-const ETCD: &str = "/usr/bin/etcd";
-const ETCD_ENV: &str = "BERTH_TEST_ETCD";
 
 /// How long a test waits for something etcd will do.
 const WAIT: Duration = Duration::from_secs(10);
@@ -42,123 +36,6 @@ const TTL: Duration = Duration::from_secs(2);
 
 // ---------------------------------------------------------------------------
 // Harness
-
-/// An etcd process of this test, killed on drop.
-struct EtcdServer {
-    child: Child,
-    client_port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl EtcdServer {
-    fn start() -> EtcdServer {
-        let binary = std::env::var_os(ETCD_ENV).map_or_else(|| PathBuf::from(ETCD), PathBuf::from);
-        assert!(
-            binary.is_file(),
-            "etcd not found at {}: run `cargo xtask setup` (installs Debian's etcd-server), or point {ETCD_ENV} at an \
-             etcd binary. These tests do not skip.",
-            binary.display()
-        );
-        // Free ports are picked by binding and releasing them, so another
-        // process can take one in between: try again with new ones.
-        let mut failures = Vec::new();
-        for _ in 0..3 {
-            match EtcdServer::try_start(&binary) {
-                Ok(server) => return server,
-                Err(e) => failures.push(e),
-            }
-        }
-        panic!("etcd did not start:\n{}", failures.join("\n---\n"));
-    }
-
-    fn try_start(binary: &std::path::Path) -> Result<EtcdServer, String> {
-        let dir = tempfile::tempdir().unwrap();
-        let (client_port, peer_port) = free_ports();
-        let client = format!("http://{TEST_IP}:{client_port}");
-        let peer = format!("http://{TEST_IP}:{peer_port}");
-        let log = dir.path().join("etcd.log");
-        let out = File::create(&log).unwrap();
-        let child = Command::new(binary)
-            .args(["--name", "t", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("t={peer}")])
-            .args(["--logger", "zap", "--log-level", "warn"])
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
-        let mut server = EtcdServer { child, client_port, log, _dir: dir };
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(20) {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                return Err(format!("etcd exited with {status}:\n{}", server.log()));
-            }
-            if healthy(client_port) {
-                eprintln!("etcd at {client} healthy after {:?}", started.elapsed());
-                return Ok(server);
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        Err(format!("etcd at {client} not healthy after 20 s:\n{}", server.log()))
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://{TEST_IP}:{}", self.client_port)
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::new(TEST_IP.parse().unwrap(), self.client_port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn options(&self, root: &str) -> EtcdOptions {
-        EtcdOptions { root: root.to_owned(), ..EtcdOptions::new([self.endpoint()]) }
-    }
-
-    fn store(&self, root: &str) -> EtcdStore {
-        EtcdStore::connect(self.options(root)).unwrap()
-    }
-
-    async fn client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect([self.endpoint()], None).await.unwrap()
-    }
-}
-
-impl Drop for EtcdServer {
-    fn drop(&mut self) {
-        // SIGKILL to the one process this test started, then reap it.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_ports() -> (u16, u16) {
-    let a = TcpListener::bind(format!("{TEST_IP}:0")).unwrap();
-    let b = TcpListener::bind(format!("{TEST_IP}:0")).unwrap();
-    (a.local_addr().unwrap().port(), b.local_addr().unwrap().port())
-}
-
-/// etcd's `/health` on the client port says `"health":"true"` once it has a
-/// leader and serves requests.
-fn healthy(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&SocketAddr::new(TEST_IP.parse().unwrap(), port), WAIT) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream.write_all(b"GET /health HTTP/1.0\r\nHost: etcd\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    answer.contains("\"health\":\"true\"")
-}
 
 /// The next event, or the error the watch ended with; waits up to [`WAIT`].
 fn recv(watch: &mut Watch) -> Result<Event, StoreError> {
@@ -421,6 +298,40 @@ fn list_is_a_consistent_snapshot_under_writes() {
             lists += 1;
         }
     });
+}
+
+#[test]
+fn a_fenced_store_writes_only_while_its_leadership_holds() {
+    common::isolate();
+    let etcd = EtcdServer::start();
+    let controllers = etcd.store("/berth");
+    let api = etcd.store("/berth");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let leadership = runtime.block_on(controllers.elector("controllers", "a", TTL).campaign()).unwrap();
+    controllers
+        .set_fence(Some(Fence { key: leadership.key().unwrap().to_owned(), lease: leadership.lease_id().unwrap() }));
+    // While it leads: every kind of write goes through.
+    let created = controllers.create("/pods/a", b"1").unwrap();
+    controllers.update("/pods/a", b"2", Some(created)).unwrap();
+    controllers.txn(&[create("/pods/b", b"1")]).unwrap();
+    controllers.delete("/pods/b", None).unwrap();
+
+    // The lease ends (as when the process stalled past it): the next write
+    // is refused by etcd itself, whatever the store's own conditions say.
+    runtime.block_on(leadership.resign()).unwrap();
+    let revision = api.current_revision().unwrap();
+    let refused = controllers.update("/pods/a", b"3", None);
+    assert!(matches!(refused, Err(StoreError::Fenced { .. })), "{refused:?}");
+    assert!(matches!(controllers.create("/pods/c", b"1"), Err(StoreError::Fenced { .. })));
+    // A failing condition of its own is still reported as such.
+    assert!(matches!(controllers.create("/pods/a", b"1"), Err(StoreError::AlreadyExists { .. })));
+    assert_eq!(api.current_revision().unwrap(), revision, "nothing written");
+    assert_eq!(api.get("/pods/a").unwrap().unwrap().value, b"2");
+    // Reads are not fenced, and the unfenced store writes.
+    assert!(controllers.get("/pods/a").unwrap().is_some());
+    api.create("/pods/c", b"1").unwrap();
+    controllers.set_fence(None);
+    controllers.create("/pods/d", b"1").unwrap();
 }
 
 #[test]

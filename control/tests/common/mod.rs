@@ -37,3 +37,9 @@ pub fn run<F: Future>(future: F) -> F::Output {
 
 #[allow(dead_code, reason = "not every test file uses every helper")]
 pub mod serve;
+
+#[allow(dead_code, reason = "not every test file uses every helper")]
+pub mod etcd;
+
+#[allow(dead_code, reason = "not every test file uses every helper")]
+pub mod sim_agent;

@@ -39,11 +39,7 @@ impl Serve {
         if !extra.contains(&"--controller-period-ms") {
             command.args(["--controller-period-ms", "100"]);
         }
-        let mut child = command
-            .args(extra)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start berth serve");
+        let mut child = command.args(extra).stderr(Stdio::piped()).spawn().expect("start berth serve");
         let stderr = child.stderr.take().expect("stderr");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
