@@ -237,15 +237,20 @@ fn node_object(name: &str, ip: &str) -> Value {
             "capacity": resources,
             "allocatable": resources,
             "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
-            "conditions": [{
-                "type": "Ready",
-                "status": "True",
-                "reason": "KubeletReady",
-                "message": "the simulated agent is posting ready status",
-                "lastHeartbeatTime": now,
-                "lastTransitionTime": now,
-            }],
+            "conditions": [ready_condition(&now)],
         },
+    })
+}
+
+/// The node's `Ready=True` condition, heartbeat and transition at `now`.
+fn ready_condition(now: &str) -> Value {
+    json!({
+        "type": "Ready",
+        "status": "True",
+        "reason": "KubeletReady",
+        "message": "the simulated agent is posting ready status",
+        "lastHeartbeatTime": now,
+        "lastTransitionTime": now,
     })
 }
 
@@ -255,14 +260,7 @@ async fn heartbeat(client: &ApiClient, node: &str) -> Result<(), ClientError> {
     let path = format!("/api/v1/nodes/{node}");
     let mut object = client.json(Method::GET, &path, None).await?;
     let now = now_rfc3339();
-    let mut ready = json!({
-        "type": "Ready",
-        "status": "True",
-        "reason": "KubeletReady",
-        "message": "the simulated agent is posting ready status",
-        "lastHeartbeatTime": now,
-        "lastTransitionTime": now,
-    });
+    let mut ready = ready_condition(&now);
     let status = object.as_object_mut().expect("a node object").entry("status").or_insert_with(|| json!({}));
     let conditions = status.as_object_mut().expect("a node status").entry("conditions").or_insert_with(|| json!([]));
     let list = conditions.as_array_mut().expect("node conditions");
