@@ -608,7 +608,7 @@ fn unreachable_etcd_fails_to_connect() {
     };
     let started = Instant::now();
     let e = EtcdStore::connect(options).unwrap_err();
-    assert!(matches!(e, StoreError::Backend { .. }), "{e:?}");
+    assert!(matches!(e, StoreError::Etcd { .. }), "{e:?}");
     assert!(e.to_string().contains(&format!("{TEST_IP}:{port}")), "{e}");
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
 }

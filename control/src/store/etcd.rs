@@ -72,12 +72,11 @@
 //!   make watches from before them [`StoreError::TooOld`] just the same).
 //! - etcd's limits apply: 1.5 MiB per request (`--max-request-bytes`), 128
 //!   operations per transaction (`--max-txn-ops`). Larger writes fail with
-//!   [`StoreError::Backend`].
+//!   [`StoreError::Etcd`].
 //! - A write that times out ([`EtcdOptions::request_timeout`]) or loses its
 //!   connection has an unknown outcome, as with any remote database.
-//! - etcd errors are reported as [`StoreError::Backend`] wrapping the
-//!   etcd-client error in a `redb::Error::Io` (the store error type has no
-//!   etcd variant yet), with the endpoints and the etcd key as the "path".
+//! - etcd errors are [`StoreError::Etcd`] with the etcd-client error as
+//!   source and the endpoints and etcd key as the location.
 //! - Plain HTTP only, no etcd authentication: TLS and users need etcd-client's
 //!   `tls` feature and options here.
 
@@ -180,7 +179,7 @@ impl EtcdStore {
     /// When called on an async worker thread (see the module docs).
     ///
     /// # Errors
-    /// [`StoreError::Backend`] when the endpoints are malformed or etcd does
+    /// [`StoreError::Etcd`] when the endpoints are malformed or etcd does
     /// not answer within [`EtcdOptions::request_timeout`].
     pub fn connect(options: EtcdOptions) -> Result<EtcdStore, StoreError> {
         let location = options.endpoints.join(",");
