@@ -29,7 +29,7 @@ enum Bench {
     Apply(apply::Options),
     /// Pod start latency and agent memory: berth-agent node vs runc.
     Pods(pods::Options),
-    /// Control plane: scheduler throughput, API apply (MemStore vs redb), watch fan-out.
+    /// Control plane: scheduler throughput, API apply (memory, redb, etcd, against TLS and store floors), watch fan-out.
     Control(control::Options),
     /// Every benchmark in quick mode (what CI runs): checks that every peer
     /// produced a figure, not a speed.

@@ -1,4 +1,5 @@
-//! The API cases: apply latency over two stores, and watch fan-out.
+//! The API cases: apply latency over three stores, each beside its floor or
+//! peer, and watch fan-out.
 
 use std::{
     net::SocketAddr,
@@ -12,7 +13,7 @@ use berth_control::{
     api::{ApiConfig, ApiServer, AuthConfig, admission::Admission, parse_token_file, pki::Ca},
     client::{ApiClient, Config},
     resources::{Resources, ResourcesConfig},
-    store::{MemStore, RedbStore, Store, StoreOptions},
+    store::{EtcdOptions, EtcdStore, MemStore, RedbStore, Store, StoreOptions},
 };
 use hyper::Method;
 use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
@@ -25,7 +26,7 @@ use tokio::{
 };
 use tokio_rustls::TlsConnector;
 
-use super::{APPLY_OBJECTS, BENCH_IP, WATCH_EVENTS, ms};
+use super::{APPLY_OBJECTS, BENCH_IP, WATCH_EVENTS, etcd::EtcdServer, ms};
 use crate::report::{Outcome, Record, Sink, Stats};
 
 const TOKEN: &str = "berth-bench-control-admin-token";
@@ -36,13 +37,18 @@ const WATCH_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Results {
     pub apply_mem: Result<Apply, String>,
     pub apply_redb: Result<Apply, String>,
+    pub apply_etcd: Result<Apply, String>,
     pub watch: Result<Watch, String>,
 }
 
 pub struct Apply {
     /// Per object, ms.
     pub per_object: Vec<f64>,
+    /// The sum of `per_object` (the floor's samples sit between them).
     pub total: Duration,
+    /// The case's floor or peer ([`Floor`]), one sample before each POST,
+    /// ms; an `Err` is its Failed row (berth's row still stands).
+    pub floor: Result<Vec<f64>, String>,
 }
 
 pub struct Watch {
@@ -54,17 +60,48 @@ pub struct Watch {
 
 /// Runs the API cases; failures become `Err` strings in [`Results`].
 pub async fn run(watchers: usize) -> Results {
-    let apply_mem = apply_case(|_| Ok(Arc::new(MemStore::new(StoreOptions::default())) as Arc<dyn Store>))
-        .await
-        .map_err(|e| format!("{e:#}"));
-    let apply_redb = apply_case(|dir| {
-        let store = RedbStore::open(&dir.join("store.redb"), StoreOptions::default()).context("opening redb")?;
-        Ok(Arc::new(store) as Arc<dyn Store>)
-    })
-    .await
-    .map_err(|e| format!("{e:#}"));
+    let apply_mem =
+        apply_case(|_| Ok(Arc::new(MemStore::new(StoreOptions::default())) as Arc<dyn Store>), Floor::Healthz)
+            .await
+            .map_err(|e| format!("{e:#}"));
+    let apply_redb = redb_case().await.map_err(|e| format!("{e:#}"));
+    let apply_etcd = etcd_case().await.map_err(|e| format!("{e:#}"));
     let watch = watch_case(watchers).await.map_err(|e| format!("{e:#}"));
-    Results { apply_mem, apply_redb, watch }
+    Results { apply_mem, apply_redb, apply_etcd, watch }
+}
+
+async fn redb_case() -> anyhow::Result<Apply> {
+    // The peer's store sits in a directory of its own on the same file
+    // system as the server's (both under the temp dir).
+    let dir = tempfile::Builder::new().prefix("berth-bench-redb-floor-").tempdir().context("creating a temp dir")?;
+    let floor = RedbStore::open(&dir.path().join("floor.redb"), StoreOptions::default()).context("opening redb")?;
+    apply_case(
+        |dir| {
+            let store = RedbStore::open(&dir.join("store.redb"), StoreOptions::default()).context("opening redb")?;
+            Ok(Arc::new(store) as Arc<dyn Store>)
+        },
+        Floor::Redb { store: Arc::new(floor), _dir: dir },
+    )
+    .await
+}
+
+async fn etcd_case() -> anyhow::Result<Apply> {
+    let etcd = tokio::task::spawn_blocking(EtcdServer::start).await.context("the etcd start task")??;
+    let result = async {
+        // `EtcdStore` blocks on a runtime of its own: connect off the async
+        // workers (the API server calls it in `spawn_blocking` too).
+        let options = EtcdOptions::new([etcd.endpoint()]);
+        let store = tokio::task::spawn_blocking(move || EtcdStore::connect(options))
+            .await
+            .context("the etcd connect task")?
+            .context("connecting the EtcdStore")?;
+        let direct = etcd_client::Client::connect([etcd.endpoint()], None).await.context("connecting etcd-client")?;
+        apply_case(move |_| Ok(Arc::new(store) as Arc<dyn Store>), Floor::Etcd(Box::new(direct))).await
+    }
+    .await;
+    // Kill and reap (a blocking waitpid) off the async workers.
+    let _ = tokio::task::spawn_blocking(move || drop(etcd)).await;
+    result
 }
 
 /// An `ApiServer` on [`BENCH_IP`] in a temp dir; [`Server::stop`] shuts it down.
@@ -174,15 +211,76 @@ fn manifest() -> Vec<(&'static str, Vec<u8>)> {
         .collect()
 }
 
-async fn apply_case(store: impl FnOnce(&Path) -> anyhow::Result<Arc<dyn Store>>) -> anyhow::Result<Apply> {
+/// The floor or peer measured beside one apply case, interleaved with it:
+/// one sample right before each POST, of the same object where it stores one.
+enum Floor {
+    /// `GET /healthz` through the same client to the same server: a fresh
+    /// TLS connection and a request that touches neither the store nor
+    /// admission (the route is public, so the token is not checked either).
+    Healthz,
+    /// `Store::create` of the object's bytes on a `RedbStore` of its own
+    /// (the directory lives as long as the store).
+    Redb { store: Arc<RedbStore>, _dir: tempfile::TempDir },
+    /// A KV put of the object's bytes under a fresh key, on a direct
+    /// etcd-client connection driven by the bench's runtime.
+    Etcd(Box<etcd_client::Client>),
+}
+
+impl Floor {
+    /// One sample, ms.
+    async fn sample(&mut self, client: &ApiClient, i: usize, body: &[u8]) -> anyhow::Result<f64> {
+        let key = format!("/berth-bench-floor/{i:03}");
+        match self {
+            Floor::Healthz => {
+                let t0 = Instant::now();
+                let reply = client.raw(Method::GET, "/healthz", None).await?;
+                let elapsed = ms(t0.elapsed());
+                if reply.status != 200 {
+                    bail!("GET /healthz: HTTP {}", reply.status);
+                }
+                Ok(elapsed)
+            }
+            Floor::Redb { store, .. } => {
+                let (store, value) = (Arc::clone(store), body.to_vec());
+                // Timed inside the blocking task: the commit alone, without
+                // the hand-off (which berth's handlers pay and count).
+                tokio::task::spawn_blocking(move || {
+                    let t0 = Instant::now();
+                    store.create(&key, &value).map(|_| ms(t0.elapsed()))
+                })
+                .await
+                .context("the redb task")?
+                .context("RedbStore::create")
+            }
+            Floor::Etcd(etcd) => {
+                let value = body.to_vec();
+                let t0 = Instant::now();
+                etcd.put(key, value, None).await.context("etcd put")?;
+                Ok(ms(t0.elapsed()))
+            }
+        }
+    }
+}
+
+async fn apply_case(
+    store: impl FnOnce(&Path) -> anyhow::Result<Arc<dyn Store>>,
+    mut floor: Floor,
+) -> anyhow::Result<Apply> {
     let server = Server::start(store).await?;
     let result = async {
         let client = server.client()?;
         ensure_default(&client).await?;
         let objects = manifest();
         let mut per_object = Vec::with_capacity(objects.len());
-        let start = Instant::now();
-        for (path, body) in objects {
+        let mut floor_samples = Vec::with_capacity(objects.len());
+        let mut floor_failed = None;
+        for (i, (path, body)) in objects.into_iter().enumerate() {
+            if floor_failed.is_none() {
+                match floor.sample(&client, i, &body).await {
+                    Ok(sample) => floor_samples.push(sample),
+                    Err(e) => floor_failed = Some(format!("{e:#}")),
+                }
+            }
             let t0 = Instant::now();
             let reply = client.raw(Method::POST, path, Some(body)).await?;
             per_object.push(ms(t0.elapsed()));
@@ -190,7 +288,9 @@ async fn apply_case(store: impl FnOnce(&Path) -> anyhow::Result<Arc<dyn Store>>)
                 bail!("POST {path}: HTTP {}: {}", reply.status, String::from_utf8_lossy(&reply.body));
             }
         }
-        Ok(Apply { per_object, total: start.elapsed() })
+        let total = Duration::from_secs_f64(per_object.iter().sum::<f64>() / 1e3);
+        let floor = floor_failed.map_or(Ok(floor_samples), Err);
+        Ok(Apply { per_object, total, floor })
     }
     .await;
     server.stop().await;
@@ -325,17 +425,23 @@ fn signed_ms(a: Instant, b: Instant) -> f64 {
     if a >= b { ms(a - b) } else { -ms(b - a) }
 }
 
-fn latency(table: &str, case: &str, peer: &str, sample: &[f64]) -> Option<Record> {
+fn latency(table: &str, case: &str, peer: &str, sample: &[f64]) -> Option<(Record, Stats)> {
     let mut v = sample.to_vec();
     let s = Stats::of(&mut v)?;
-    Some(
-        Record::new(table, case, peer)
-            .figure("p50", s.median, "ms")
-            .figure("p99", s.p99, "ms")
-            .figure("mean", s.mean, "ms")
-            .figure("n", s.n as f64, ""),
-    )
+    let row = Record::new(table, case, peer)
+        .figure("p50", s.median, "ms")
+        .figure("p99", s.p99, "ms")
+        .figure("mean", s.mean, "ms")
+        .figure("n", s.n as f64, "");
+    Some((row, s))
 }
+
+const MEM: &str = "berth API + MemStore";
+const REDB: &str = "berth API + RedbStore (fsync)";
+const ETCD: &str = "berth API + EtcdStore";
+const HEALTHZ: &str = "floor: TLS connect + GET /healthz (no store, no admission)";
+const REDB_COMMIT: &str = "peer: redb commit (RedbStore::create, store only)";
+const ETCD_PUT: &str = "peer: etcd put (etcd-client, direct)";
 
 /// Records the API rows.
 ///
@@ -343,24 +449,75 @@ fn latency(table: &str, case: &str, peer: &str, sample: &[f64]) -> Option<Record
 /// Sink failures.
 pub fn record(results: &Results, watchers: usize, sink: &mut Sink) -> anyhow::Result<()> {
     const APPLY: &str = "API apply (100 objects, one POST each over HTTPS)";
-    for (peer, r) in
-        [("berth API + MemStore", &results.apply_mem), ("berth API + RedbStore (fsync)", &results.apply_redb)]
-    {
-        match r {
-            Ok(a) => {
-                let row =
-                    latency(APPLY, "per object", peer, &a.per_object).map(|row| row.param("objects", APPLY_OBJECTS));
-                if let Some(row) = row {
-                    sink.record(row)?;
+    const OVER: &str = "API apply: berth over its floor (per object, p50 / p50)";
+    let cases = [
+        (MEM, HEALTHZ, &results.apply_mem),
+        (REDB, REDB_COMMIT, &results.apply_redb),
+        (ETCD, ETCD_PUT, &results.apply_etcd),
+    ];
+    let mut ratios = Vec::new();
+    for (peer, floor_peer, r) in cases {
+        let a = match r {
+            Ok(a) => a,
+            Err(why) => {
+                // Without the case there is no server (or no etcd): the
+                // floor has no figure either.
+                for p in [peer, floor_peer] {
+                    sink.record(Record::new(APPLY, "per object", p).outcome(Outcome::Failed(why.clone())))?;
                 }
-                sink.record(Record::new(APPLY, "whole manifest", peer).param("objects", APPLY_OBJECTS).figure(
-                    "total",
-                    ms(a.total),
-                    "ms",
-                ))?;
+                ratios.push((peer, floor_peer, None, None));
+                continue;
             }
-            Err(why) => sink.record(Record::new(APPLY, "per object", peer).outcome(Outcome::Failed(why.clone())))?,
+        };
+        let berth = latency(APPLY, "per object", peer, &a.per_object);
+        if let Some((row, _)) = &berth {
+            sink.record(row.clone().param("objects", APPLY_OBJECTS))?;
         }
+        sink.record(Record::new(APPLY, "whole manifest", peer).param("objects", APPLY_OBJECTS).figure(
+            "total",
+            ms(a.total),
+            "ms",
+        ))?;
+        let floor = match &a.floor {
+            Ok(sample) => latency(APPLY, "per object", floor_peer, sample),
+            Err(_) => None,
+        };
+        match (&floor, &a.floor) {
+            (Some((row, _)), _) => sink.record(row.clone().param("objects", APPLY_OBJECTS))?,
+            (None, Err(why)) => {
+                sink.record(Record::new(APPLY, "per object", floor_peer).outcome(Outcome::Failed(why.clone())))?
+            }
+            (None, Ok(_)) => sink.record(
+                Record::new(APPLY, "per object", floor_peer).outcome(Outcome::Failed("no sample".to_owned())),
+            )?,
+        }
+        ratios.push((peer, floor_peer, berth.map(|(_, s)| s.median), floor.map(|(_, s)| s.median)));
+    }
+    // TLS + `/healthz` (measured in the MemStore case) plus a store's floor:
+    // the request and the commit without berth's handling in between.
+    let healthz = ratios.iter().find(|r| r.0 == MEM).and_then(|r| r.3);
+    let mut rows = Vec::new();
+    for (peer, floor_peer, berth, floor) in ratios {
+        rows.push((peer, floor_peer.to_owned(), berth, floor));
+        if peer != MEM {
+            // "peer: redb commit (…)" → "redb commit".
+            let store = floor_peer.trim_start_matches("peer: ").split(" (").next().unwrap_or(floor_peer);
+            let sum = healthz.zip(floor).map(|(h, f)| h + f);
+            rows.push((peer, format!("sum: TLS connect + GET /healthz + {store}"), berth, sum));
+        }
+    }
+    for (peer, reference, berth, floor) in rows {
+        // The case is berth's side, the peer the reference it is divided by.
+        let row = match (berth, floor) {
+            (Some(b), Some(f)) => Record::new(OVER, peer, reference)
+                .figure("berth p50", b, "ms")
+                .figure("floor p50", f, "ms")
+                .figure("berth − floor", b - f, "ms")
+                .figure("ratio", b / f, "x"),
+            _ => Record::new(OVER, peer, reference)
+                .outcome(Outcome::Failed("berth or its floor has no figure (see the apply table)".to_owned())),
+        };
+        sink.record(row)?;
     }
     const WATCH: &str = "Watch fan-out (Service creates)";
     let case = format!("{watchers} watchers × {WATCH_EVENTS} events");
@@ -370,7 +527,7 @@ pub fn record(results: &Results, watchers: usize, sink: &mut Sink) -> anyhow::Re
                 ("berth API + MemStore: create acknowledged → event read", &w.from_ack),
                 ("berth API + MemStore: create sent → event read", &w.from_send),
             ] {
-                if let Some(row) = latency(WATCH, &case, peer, sample) {
+                if let Some((row, _)) = latency(WATCH, &case, peer, sample) {
                     sink.record(row.param("watchers", watchers).param("events", WATCH_EVENTS))?;
                 }
             }

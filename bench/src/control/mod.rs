@@ -1,5 +1,6 @@
-//! The control plane: scheduler throughput, API apply latency (MemStore vs
-//! RedbStore) and watch fan-out, in one run.
+//! The control plane: scheduler throughput, API apply latency (MemStore,
+//! RedbStore and EtcdStore, each beside its floor) and watch fan-out, in one
+//! run.
 //!
 //! # Design
 //! - **Scheduler**: `berth_control::scheduler::bench_place` (a
@@ -9,12 +10,28 @@
 //!   reported against the goal of issue 6 (≥ 5,000 pods/s for 10,000 pods
 //!   on 1,000 nodes).
 //! - **API apply**: a real `ApiServer` (HTTPS, a token user in
-//!   `system:masters`, berth's `Resources` admission) over a `MemStore` and
-//!   over a `RedbStore` (fsync per commit), one after the other; a manifest
-//!   of [`APPLY_OBJECTS`] generated objects (half Services, half
+//!   `system:masters`, berth's `Resources` admission) over a `MemStore`, a
+//!   `RedbStore` (fsync per commit) and an `EtcdStore`, one after the other;
+//!   a manifest of [`APPLY_OBJECTS`] generated objects (half Services, half
 //!   Deployments) is POSTed one object at a time through `ApiClient` (which
 //!   opens a TLS connection per request, as `berth apply` does). Per-object
-//!   p50/p99 and the total.
+//!   p50/p99/mean and the total (the sum of the per-object times).
+//!   The EtcdStore case starts its own etcd (Debian's `/usr/bin/etcd`, or
+//!   `BERTH_BENCH_ETCD`) on two free ports of [`BENCH_IP`] with a temp data
+//!   dir, and kills that process when the case ends; a missing etcd is a
+//!   Failed row, never a skip.
+//! - **Apply floors and peers**, each interleaved with its case (one sample
+//!   right before each POST, so both see the same machine state):
+//!   `GET /healthz` through the same client to the MemStore server (a fresh
+//!   TLS connection and a request that reaches neither the store nor
+//!   admission); `RedbStore::create` of the same bytes on a redb file of its
+//!   own on the same file system (timed inside the blocking task: the commit
+//!   alone); an etcd KV put of the same bytes under a fresh key on a direct
+//!   etcd-client connection to the same etcd. A second table divides each
+//!   berth p50 by its floor's p50 (and gives the difference in ms): MemStore
+//!   by TLS + `/healthz`, RedbStore by the redb commit, EtcdStore by the
+//!   etcd put, and the two durable stores also by TLS + `/healthz` plus
+//!   their store's p50.
 //! - **Watch fan-out**: [`Options::watchers`] watches of
 //!   `/api/v1/namespaces/default/services?watch=1`, each on its own TLS
 //!   connection (raw HTTP/1.1, the chunked body read line by line), then
@@ -32,12 +49,21 @@
 //!
 //! # Limitations
 //! Client and server share the machine (and, in the watch case, the tokio
-//! runtime of two workers with all the watchers). Per-object apply latency
-//! includes a TLS handshake per request. The scheduler floor of issue 6 (a
+//! runtime of two workers with all the watchers; etcd runs on the same two
+//! cores). Per-object apply latency includes a TLS handshake per request.
+//! The redb commit and the etcd put leave out the TLS request that berth's
+//! rows include, so those two ratios overstate berth's own work; the rows
+//! against TLS + `/healthz` plus the store's p50 (a sum of medians from two
+//! cases, not a measured request) bracket it from the other side.
+//! `/healthz` is public, so that floor skips the token check (a map lookup).
+//! The etcd put is a plain put, where `EtcdStore` writes a transaction
+//! comparing `create_revision`. etcd's and redb's data live in the temp
+//! dir, so both fsync to the same device. The scheduler floor of issue 6 (a
 //! filter-only loop) is not measured yet. Quick mode (1,000 pods on 100
 //! nodes, 10 watchers) checks that every row has a figure, not the speed.
 
 mod api;
+mod etcd;
 
 use std::{process::Command, time::Duration};
 
