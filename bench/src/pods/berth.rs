@@ -40,7 +40,7 @@ use berth_tests::{ChildGuard, Netns, Stream};
 
 use super::{
     BATCH_TIMEOUT, BatchResult, CPU_LIMIT_M, CPU_REQUEST_M, Env, MEMORY_LIMIT, PIDS_LIMIT, POLL, PodAddr, PodTiming,
-    SERVER_PORT, remove_cgroup_root, rss_mib, spawn_accept_poller,
+    SERVER_PORT, ShimMemory, remove_cgroup_root, rss_mib, spawn_accept_poller,
 };
 
 /// The berth side's pod CIDR.
@@ -137,8 +137,8 @@ impl Node {
         rss_mib(self.agent_pid)
     }
 
-    /// The RSS (MiB) of every shim of this agent's containers.
-    pub fn shim_rss_mib(&self) -> Vec<f64> {
+    /// The memory of every shim of this agent's containers.
+    pub fn shim_memory(&self) -> Vec<ShimMemory> {
         let mut out = Vec::new();
         let Ok(entries) = std::fs::read_dir("/proc") else { return out };
         for e in entries.flatten() {
@@ -149,8 +149,8 @@ impl Node {
                 && args.windows(2).any(|w| {
                     w[0] == b"--bundle" && Path::new(std::ffi::OsStr::from_bytes(w[1])).starts_with(&self.state_dir)
                 });
-            if is_ours && let Ok((rss, _)) = rss_mib(pid) {
-                out.push(rss);
+            if is_ours && let Ok(memory) = ShimMemory::of(pid) {
+                out.push(memory);
             }
         }
         out

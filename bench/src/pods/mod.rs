@@ -36,8 +36,11 @@
 //! time until all accept (and, for berth, all are Ready).
 //!
 //! Memory: VmRSS and VmHWM of the `berth-agent node` process with 0 pods
-//! (idle after start-up), 1 pod and the batch running, and the RSS of each
-//! shim (berth's per-container supervisor, the conmon equivalent). runc
+//! (idle after start-up), 1 pod and the batch running, and the memory of
+//! each shim (berth's per-container supervisor, the conmon equivalent):
+//! RSS, and from `smaps_rollup` its PSS (shared pages split among the
+//! processes mapping them; the sum over shims is their real joint cost) and
+//! its private pages (what one more shim costs). runc
 //! leaves no process but the container after `runc run -d`; containerd runs
 //! one `containerd-shim-runc-v2` per pod, which this bench does not start.
 //!
@@ -400,6 +403,37 @@ fn walk_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// One shim's memory, in MiB: resident, proportional (shared pages divided
+/// among the processes that map them, so the sum over shims is what they
+/// cost together) and private (what this one shim alone costs).
+#[derive(Debug, Clone, Copy)]
+pub struct ShimMemory {
+    pub rss: f64,
+    pub pss: f64,
+    pub private: f64,
+}
+
+impl ShimMemory {
+    /// From `/proc/<pid>/smaps_rollup`.
+    ///
+    /// # Errors
+    /// The process is gone or its rollup is unreadable.
+    pub fn of(pid: u32) -> anyhow::Result<ShimMemory> {
+        let path = format!("/proc/{pid}/smaps_rollup");
+        let rollup = fs::read_to_string(&path).with_context(|| path.clone())?;
+        let kib = |key: &str| -> anyhow::Result<f64> {
+            let line = rollup.lines().find(|l| l.starts_with(key)).with_context(|| format!("no {key} in {path}"))?;
+            let n: f64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).context("malformed rollup")?;
+            Ok(n / 1024.0)
+        };
+        Ok(ShimMemory {
+            rss: kib("Rss:")?,
+            pss: kib("Pss:")?,
+            private: kib("Private_Clean:")? + kib("Private_Dirty:")?,
+        })
+    }
+}
+
 /// `VmRSS` and `VmHWM` of `pid`, in MiB.
 ///
 /// # Errors
@@ -573,7 +607,7 @@ pub fn run(opts: &Options, sink: &mut Sink) -> anyhow::Result<()> {
         }
     };
     let mut memory: Vec<(String, Memory)> = Vec::new();
-    let mut shims: Option<(usize, Vec<f64>)> = None;
+    let mut shims: Option<(usize, Vec<ShimMemory>)> = None;
     if let Some(node) = &berth {
         // Idle after start-up, before any pod.
         std::thread::sleep(Duration::from_millis(500));
@@ -615,7 +649,7 @@ pub fn run(opts: &Options, sink: &mut Sink) -> anyhow::Result<()> {
                             }
                         }
                         if pods > 1 {
-                            shims = Some((pods, node.shim_rss_mib()));
+                            shims = Some((pods, node.shim_memory()));
                         }
                     });
                     match measured {
@@ -668,7 +702,7 @@ fn warm_up(berth: &mut Option<berth::Node>, runc: &mut Option<runc::Side>, failu
 fn record_memory(
     sink: &mut Sink,
     memory: &[(String, Memory)],
-    shims: Option<&(usize, Vec<f64>)>,
+    shims: Option<&(usize, Vec<ShimMemory>)>,
     ran: bool,
     failures: &Failures,
 ) -> anyhow::Result<()> {
@@ -686,14 +720,19 @@ fn record_memory(
         sink.record(row)?;
     }
     const SHIMS: &str = "per-container supervisor memory";
-    if let Some((pods, rss)) = shims {
-        let mut v = rss.clone();
-        if let Some(s) = Stats::of(&mut v) {
+    if let Some((pods, memory)) = shims {
+        let mut rss: Vec<f64> = memory.iter().map(|m| m.rss).collect();
+        let mut pss: Vec<f64> = memory.iter().map(|m| m.pss).collect();
+        let mut private: Vec<f64> = memory.iter().map(|m| m.private).collect();
+        let total_pss: f64 = pss.iter().sum();
+        if let (Some(r), Some(p), Some(x)) = (Stats::of(&mut rss), Stats::of(&mut pss), Stats::of(&mut private)) {
             sink.record(
                 Record::new(SHIMS, format!("{pods} pods running"), "berth shim (one per container)")
-                    .figure("RSS mean", s.mean, "MiB")
-                    .figure("RSS max", s.max, "MiB")
-                    .figure("shims", s.n as f64, ""),
+                    .figure("RSS mean", r.mean, "MiB")
+                    .figure("PSS mean", p.mean, "MiB")
+                    .figure("private mean", x.mean, "MiB")
+                    .figure("PSS total", total_pss, "MiB")
+                    .figure("shims", r.n as f64, ""),
             )?;
         }
     }
