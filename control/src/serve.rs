@@ -17,7 +17,8 @@
 //!
 //! Each pass runs, in order: node lifecycle (heartbeat grace → NotReady,
 //! toleration → eviction), Deployments (pods and revision history), the
-//! scheduler, endpoints, the garbage collector (dependents of deleted
+//! scheduler, endpoints, namespaces (emptying terminating ones), the
+//! garbage collector (dependents of deleted
 //! Deployments, pods of missing nodes, terminating pods of lost nodes).
 //!
 //! # Limitations
@@ -34,15 +35,17 @@ use std::{
 };
 
 use crate::{
+    api::admission::Admission,
     api::{ApiConfig, ApiServer, AuthConfig, load_token_file, pki::Ca},
     controllers::{
         gc::collect_garbage,
         loops::{reconcile_deployments, schedule_pending},
+        namespaces::finalize_namespaces,
         node_lifecycle::LifecycleConfig,
         passes::{reconcile_endpoints, reconcile_nodes},
     },
-    resources::{Resources, ResourcesConfig},
-    store::{EtcdOptions, EtcdStore, Fence, RedbStore, Store, StoreOptions},
+    resources::{DEFAULT_NAMESPACE, NAMESPACE, Resources, ResourcesConfig, store_key},
+    store::{EtcdOptions, EtcdStore, Fence, Op, RedbStore, Store, StoreError, StoreOptions},
 };
 
 /// Which store backs the API.
@@ -164,6 +167,7 @@ pub fn run(options: ServeOptions) -> Result<(), ServeSetupError> {
     let users = load_token_file(&token_file).map_err(|e| setup(format!("{}", token_file.display()))(e.to_string()))?;
     let auth = AuthConfig { users, bootstrap_tokens: options.bootstrap_tokens.clone(), node_ca: Some(Arc::new(ca)) };
     let admission = Arc::new(Resources::new(ResourcesConfig { service_cidr, node_port_range }));
+    ensure_default_namespace(store.as_ref(), admission.as_ref())?;
     let elector = match &options.store {
         StoreChoice::Redb => None,
         StoreChoice::Etcd { endpoints, root } => {
@@ -255,6 +259,33 @@ pub fn run(options: ServeOptions) -> Result<(), ServeSetupError> {
     })
 }
 
+/// Creates the `default` Namespace object on first start, as
+/// kube-apiserver does (objects may live in `default` without it; clients
+/// like `kubectl get ns default` expect it). Several servers may race: the
+/// loser's create finds it there.
+fn ensure_default_namespace(store: &dyn Store, admission: &Resources) -> Result<(), ServeSetupError> {
+    let key = store_key(&NAMESPACE, None, DEFAULT_NAMESPACE);
+    let exists = store.get(&key).map_err(|e| setup("reading the default namespace")(e.to_string()))?;
+    if exists.is_some() {
+        return Ok(());
+    }
+    let mut object = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": DEFAULT_NAMESPACE},
+    });
+    let ops = admission
+        .admit(&NAMESPACE, &mut object, None, store)
+        .map_err(|e| setup("admitting the default namespace")(format!("{e:?}")))?;
+    let bytes = serde_json::to_vec(&object).map_err(|e| setup("encoding the default namespace")(e.to_string()))?;
+    let mut txn = vec![Op::Create { key, value: bytes }];
+    txn.extend(ops);
+    match store.txn(&txn) {
+        Ok(_) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
+        Err(e) => Err(setup("creating the default namespace")(e.to_string())),
+    }
+}
+
 /// Whether this process still leads; checked before every controller
 /// pass and between its parts.
 type Leading = Arc<dyn Fn() -> bool + Send + Sync>;
@@ -288,11 +319,12 @@ async fn run_passes(
             // pods from Deployments, then their placement, then endpoints,
             // then what deleted owners and lost nodes left behind.
             type Part<'a> = (&'static str, Box<dyn Fn() -> Result<String, String> + 'a>);
-            let parts: [Part<'_>; 5] = [
+            let parts: [Part<'_>; 6] = [
                 ("nodes", Box::new(|| summary(reconcile_nodes(s, &lifecycle, now)))),
                 ("deployments", Box::new(|| summary(reconcile_deployments(s, a, now)))),
                 ("scheduler", Box::new(|| summary(schedule_pending(s, now)))),
                 ("endpoints", Box::new(|| summary(reconcile_endpoints(s, now)))),
+                ("namespaces", Box::new(|| summary(finalize_namespaces(s, a, now)))),
                 ("garbage collector", Box::new(|| summary(collect_garbage(s, now)))),
             ];
             let mut results = Vec::with_capacity(parts.len());
@@ -300,7 +332,12 @@ async fn run_passes(
                 if !still() {
                     break;
                 }
-                results.push((name, part()));
+                // A part that panics (a bug) must not take the others
+                // down with it: endpoints keep following pods even if the
+                // Deployment pass trips over one object.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(part))
+                    .unwrap_or_else(|_| Err("panicked (a bug; see the log above)".to_owned()));
+                results.push((name, result));
             }
             results
         })

@@ -583,11 +583,27 @@ fn stale_update_conflicts_and_changes_nothing() {
         let (_, now) = admin.get(&format!("{PODS}/web")).await;
         assert_eq!(now, v2);
 
-        // An update without a resourceVersion is refused.
+        // An update without a resourceVersion is unconditional, as
+        // Kubernetes allows (`kubectl replace`); a different uid is refused.
         let mut unversioned = v2.clone();
         unversioned["metadata"].as_object_mut().unwrap().remove("resourceVersion");
+        unversioned["metadata"]["labels"] = json!({"v": "3"});
         let (status, body) = admin.put(&format!("{PODS}/web"), &unversioned).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["metadata"]["labels"]["v"], "3");
+        assert!(rv(&body) > rv(&v2));
+        let v3 = body;
+        let before = server.revision();
+        let mut other_uid = v3.clone();
+        other_uid["metadata"]["uid"] = json!("11111111-1111-4111-8111-111111111111");
+        let (status, body) = admin.put(&format!("{PODS}/web"), &other_uid).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(body["message"].as_str().unwrap().contains("metadata.uid"), "{body}");
+        let uid_patch = json!({ "metadata": { "uid": "11111111-1111-4111-8111-111111111111" } });
+        let (status, _) = admin
+            .raw(Method::PATCH, &format!("{PODS}/web"), "application/merge-patch+json", uid_patch.to_string())
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT);
         // Name mismatch with the URL.
         let (status, _) = admin.put(&format!("{PODS}/other"), &v2).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -607,7 +623,7 @@ fn stale_update_conflicts_and_changes_nothing() {
         assert_eq!(status, StatusCode::CONFLICT, "{body}");
         assert_eq!(server.revision(), before);
         let options =
-            json!({ "preconditions": { "resourceVersion": rv(&v2).to_string(), "uid": v2["metadata"]["uid"] } });
+            json!({ "preconditions": { "resourceVersion": rv(&v3).to_string(), "uid": v3["metadata"]["uid"] } });
         let (status, _) = admin.call(Method::DELETE, &format!("{PODS}/web"), Some(&options)).await;
         assert_eq!(status, StatusCode::OK);
         server.stop().await;

@@ -210,3 +210,78 @@ fn every_validation_rule_is_refused_with_its_field_and_nothing_is_stored() {
         client.json(Method::POST, SERVICES, Some(&service())).await.unwrap();
     });
 }
+
+async fn wait_gone(client: &ApiClient, path: &str) {
+    for _ in 0..100 {
+        if let Err(ClientError::Status { code: 404, .. }) = client.json(Method::GET, path, None).await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{path} still there after 5 s");
+}
+
+fn node_port_service(name: &str, cluster_ip: Option<&str>, node_port: u16) -> Value {
+    let mut svc = json!({
+        "metadata": {"name": name},
+        "spec": {"type": "NodePort", "selector": {"app": name}, "ports": [{"port": 80, "nodePort": node_port}]}
+    });
+    if let Some(ip) = cluster_ip {
+        svc["spec"]["clusterIP"] = json!(ip);
+    }
+    svc
+}
+
+#[test]
+fn deleted_services_free_their_addresses_and_namespaces_empty_before_they_go() {
+    common::run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let serve = Serve::start(&dir.path().join("data"), free_port());
+        let client = ApiClient::new(serve.admin_config()).unwrap();
+
+        // The default namespace exists as an object, and may not be deleted.
+        let default = client.json(Method::GET, "/api/v1/namespaces/default", None).await.unwrap();
+        assert_eq!(default["status"]["phase"], "Active");
+        match client.json(Method::DELETE, "/api/v1/namespaces/default", None).await {
+            Err(ClientError::Status { code: 403, message, .. }) => assert!(message.contains("may not be deleted")),
+            other => panic!("deleting default: wanted 403, got {other:?}"),
+        }
+
+        // A deleted Service's ClusterIP and NodePort can be asked for again.
+        let svc = node_port_service("a", Some("198.19.5.5"), 30080);
+        client.json(Method::POST, SERVICES, Some(&svc)).await.unwrap();
+        client.json(Method::DELETE, &format!("{SERVICES}/a"), None).await.unwrap();
+        let again = node_port_service("b", Some("198.19.5.5"), 30080);
+        client.json(Method::POST, SERVICES, Some(&again)).await.unwrap();
+        // A Service that stops being a NodePort gives its port back.
+        let mut b = client.json(Method::GET, &format!("{SERVICES}/b"), None).await.unwrap();
+        b["spec"]["type"] = json!("ClusterIP");
+        b["spec"]["ports"] = json!([{"port": 80}]);
+        client.json(Method::PUT, &format!("{SERVICES}/b"), Some(&b)).await.unwrap();
+        client.json(Method::POST, SERVICES, Some(&node_port_service("c", None, 30080))).await.unwrap();
+
+        // A namespace with objects: terminating, closed to new objects,
+        // emptied by the controller, then gone; its NodePort is free again.
+        client.json(Method::POST, "/api/v1/namespaces", Some(&json!({"metadata": {"name": "ns1"}}))).await.unwrap();
+        let ns1 = |kind: &str| format!("/api/v1/namespaces/ns1/{kind}");
+        let deployments = "/apis/apps/v1/namespaces/ns1/deployments";
+        client.json(Method::POST, &ns1("services"), Some(&node_port_service("s", None, 30500))).await.unwrap();
+        client.json(Method::POST, deployments, Some(&deployment())).await.unwrap();
+        let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i"}]}});
+        client.json(Method::POST, &ns1("pods"), Some(&pod)).await.unwrap();
+        let deleted = client.json(Method::DELETE, "/api/v1/namespaces/ns1", None).await.unwrap();
+        assert_eq!(deleted["status"]["phase"], "Terminating", "{deleted}");
+        let other = json!({"metadata": {"name": "q"}, "spec": {"containers": [{"name": "c", "image": "i"}]}});
+        match client.json(Method::POST, &ns1("pods"), Some(&other)).await {
+            Err(ClientError::Status { code: 403, message, .. }) => assert!(message.contains("being terminated")),
+            Ok(_) => {} // The controller may already have removed it: then 404 below covers it.
+            Err(e) => assert!(matches!(e, ClientError::Status { code: 404, .. }), "{e:?}"),
+        }
+        wait_gone(&client, "/api/v1/namespaces/ns1").await;
+        for path in [ns1("pods"), ns1("services"), deployments.to_owned()] {
+            let list = client.json(Method::GET, &path, None).await.unwrap();
+            assert_eq!(list["items"], json!([]), "{path}");
+        }
+        client.json(Method::POST, SERVICES, Some(&node_port_service("d", None, 30500))).await.unwrap();
+    });
+}

@@ -38,6 +38,8 @@ pub enum Rejection {
     Conflict(String),
     /// 404 (unknown kind, missing namespace).
     NotFound(String),
+    /// 403 (new objects in a terminating namespace).
+    Forbidden(String),
 }
 
 /// How a DELETE of one object proceeds.
@@ -52,6 +54,9 @@ pub enum Deletion {
     /// It is already terminating, no later than this delete would ask:
     /// nothing to write.
     AlreadyTerminating,
+    /// It may not be deleted (the `default` namespace): 403 with this
+    /// message.
+    Refused(String),
 }
 
 /// What happens to an object before it is stored.

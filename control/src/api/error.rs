@@ -97,6 +97,7 @@ impl ApiError {
             },
             Rejection::Conflict(reason) => ApiError::Conflict { kind: kind.clone(), name: name.to_owned(), reason },
             Rejection::NotFound(message) => ApiError::Missing(message),
+            Rejection::Forbidden(message) => ApiError::Forbidden(message),
         }
     }
 

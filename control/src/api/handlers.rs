@@ -25,6 +25,10 @@ use crate::store::{Op, Revision, Store, StoreError};
 /// How many times a write is admitted again when its admission operations
 /// (allocations) lost a race with another write.
 const ADMISSION_ATTEMPTS: usize = 5;
+/// How often an update without a precondition is redone when another
+/// write got in between: it has no reason to fail, so it tries hard (each
+/// attempt is one read and one conditional write).
+const UNCONDITIONAL_ATTEMPTS: usize = 64;
 
 /// Answer one request. Every error becomes a `Status` here, in
 /// [`error::response`].
@@ -246,6 +250,12 @@ async fn list(
     namespace: Option<String>,
     query: &Query,
 ) -> Result<Response<Body>, ApiError> {
+    // A list is always the latest snapshot (any resourceVersion means "at
+    // least this recent", which the latest is), but a malformed one is
+    // still the client's mistake.
+    if let Some(rv) = &query.resource_version {
+        parse_revision(rv)?;
+    }
     let store = state.store.clone();
     let prefix = collection_prefix(&kind, namespace.as_deref());
     let (items, revision) = blocking(move || store.list(&prefix).map_err(|e| ApiError::store("list", e))).await?;
@@ -303,7 +313,8 @@ fn check_type(object: &mut Value, kind: &KindInfo) -> Result<(), ApiError> {
 }
 
 /// The metadata the server owns, pinned across admission: whatever an
-/// admission does to these, the stored object carries the server's values.
+/// admission does to these, the stored object carries the server's values,
+/// except a uid admission stamped on create (see `write_create`).
 #[derive(Debug, Clone)]
 struct Pinned {
     name: String,
@@ -468,7 +479,15 @@ fn write_create(
         let ops = admission
             .admit(&target.kind, &mut candidate, None, store)
             .map_err(|r| ApiError::rejected(r, &target.kind, &target.name, &candidate))?;
+        // An admission that stamps its own uid may have written it into
+        // its operations (allocation records name their owner by uid, and
+        // a delete releases only what its uid holds): that uid is kept.
+        let admitted_uid =
+            candidate.pointer("/metadata/uid").filter(|uid| uid.as_str().is_some_and(|u| !u.is_empty())).cloned();
         pinned.apply(&mut candidate);
+        if let (Some(uid), Some(meta)) = (admitted_uid, metadata_mut(&mut candidate)) {
+            meta.insert("uid".to_owned(), uid);
+        }
         let mut txn = Vec::with_capacity(1 + ops.len());
         txn.push(Op::Create { key: target.key.clone(), value: serialise(&candidate) });
         txn.extend(ops);
@@ -493,18 +512,10 @@ enum Change {
 async fn update(state: &State, target: Target, parts: &Parts, body: Incoming) -> Result<Response<Body>, ApiError> {
     let mut object = read_object(state, &target.kind, parts, body).await?;
     check_identity(&mut object, &target)?;
-    let expected = match meta_str(&object, "resourceVersion") {
-        None => {
-            return Err(ApiError::invalid(
-                &target.kind,
-                &target.name,
-                "metadata.resourceVersion",
-                "Invalid value: 0x0: must be specified for an update".to_owned(),
-            ));
-        }
-        Some(rv) => parse_revision(rv)?,
-    };
-    write_update(state, target, Change::Replace(object), Some(expected)).await
+    // Without a resourceVersion the update is unconditional, as Kubernetes
+    // allows for every kind berth serves (`kubectl replace`).
+    let expected = meta_str(&object, "resourceVersion").map(parse_revision).transpose()?;
+    write_update(state, target, Change::Replace(object), expected).await
 }
 
 fn parse_revision(rv: &str) -> Result<Revision, ApiError> {
@@ -554,6 +565,33 @@ fn update_blocking(
             return Err(ApiError::modified(&target.kind, &target.name));
         }
         let old = parse_stored(&target.key, &current.value)?;
+        // A uid in the body must be the object's: on PUT a different one
+        // is an attempt to change an immutable field (422), in a patch it
+        // is a precondition (409), as in Kubernetes.
+        let old_uid = meta_str(&old, "uid").unwrap_or_default();
+        match change {
+            Change::Replace(object) => {
+                if let Some(uid) = meta_str(object, "uid").filter(|u| *u != old_uid) {
+                    return Err(ApiError::invalid(
+                        &target.kind,
+                        &target.name,
+                        "metadata.uid",
+                        format!("Invalid value: {uid:?}: field is immutable"),
+                    ));
+                }
+            }
+            Change::MergePatch(patch) => {
+                if let Some(uid) = meta_str(patch, "uid").filter(|u| *u != old_uid) {
+                    return Err(ApiError::Conflict {
+                        kind: target.kind.clone(),
+                        name: target.name.clone(),
+                        reason: format!(
+                            "Precondition failed: UID in precondition: {uid}, UID in object meta: {old_uid}"
+                        ),
+                    });
+                }
+            }
+        }
         let mut candidate = match change {
             Change::Replace(object) => object.clone(),
             Change::MergePatch(patch) => {
@@ -599,7 +637,7 @@ fn update_blocking(
             Err(StoreError::Conflict { key, .. }) if key == target.key => {
                 // Changed since we read it: the client's precondition is
                 // stale, or (without one) read again and redo the change.
-                if expected.is_some() || attempt >= ADMISSION_ATTEMPTS {
+                if expected.is_some() || attempt >= UNCONDITIONAL_ATTEMPTS {
                     return Err(ApiError::modified(&target.kind, &target.name));
                 }
             }
@@ -679,6 +717,7 @@ fn delete_blocking(
         }
         let result = match admission.deletion(&target.kind, &old, grace, now_ms()) {
             Deletion::AlreadyTerminating => return Ok((old, current.revision)),
+            Deletion::Refused(message) => return Err(ApiError::Forbidden(message)),
             Deletion::Graceful(marked) => store
                 .update(&target.key, &serialise(&marked), Some(current.revision))
                 .map(|revision| (marked, revision)),

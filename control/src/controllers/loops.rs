@@ -202,7 +202,8 @@ pub(super) fn delete_pod(store: &dyn Store, pod: &Stored, now_ms: u64) -> Result
         Deletion::Graceful(marked) => {
             store.update(&pod.key, &serialise(&marked), Some(pod.revision)).map(|_| PodDeleted::Marked)
         }
-        Deletion::AlreadyTerminating => Ok(PodDeleted::Already),
+        // Pods are never refused; nothing written either way.
+        Deletion::AlreadyTerminating | Deletion::Refused(_) => Ok(PodDeleted::Already),
     }
 }
 

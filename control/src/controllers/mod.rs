@@ -11,7 +11,7 @@
 //! object: the next pass re-reads and re-plans, as Kubernetes controllers
 //! do). `berth serve`'s leader runs the passes in order: [`passes`] (node
 //! lifecycle), [`loops`] (Deployments with [`revisions`], then the
-//! scheduler), [`passes`] (endpoints), [`gc`].
+//! scheduler), [`passes`] (endpoints), [`namespaces`], [`gc`].
 //!
 //! # Limitations
 //! - No ReplicaSets: a Deployment owns its pods directly, labelled with
@@ -23,6 +23,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod gc;
 pub mod loops;
+pub mod namespaces;
 pub mod node_lifecycle;
 pub mod passes;
 pub mod revisions;

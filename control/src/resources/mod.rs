@@ -24,7 +24,7 @@
 //! - **Order**, as in the Kubernetes API server: decode → validate and
 //!   default (422 for all problems) → namespace exists (404,
 //!   `namespaces "x" not found`; `default` always exists; a namespace being
-//!   deleted refuses new objects with 409) → server-set fields →
+//!   deleted refuses new objects with 403) → server-set fields →
 //!   allocation.
 //! - **Server-set metadata.** On create `uid` (a random UUID),
 //!   `creationTimestamp` and `generation: 1` are set and any client value
@@ -117,7 +117,7 @@ pub use self::node::validate_node_status;
 pub use self::quantity::{QuantityError, parse_cpu, parse_memory};
 pub use self::ranges::{NODE_PORTS_PREFIX, NodePortRange, Owner, RangeError, SERVICE_IPS_PREFIX, ServiceCidr};
 pub use self::selector::selector_matches;
-pub use self::termination::{deletion_deadline_ms, is_terminating, pod_deletion};
+pub use self::termination::{deletion_deadline_ms, is_terminating, namespace_deletion, pod_deletion};
 pub use crate::api::admission::{Admission, Deletion, FieldError, KindInfo, Rejection};
 use crate::store::{Op, Store, StoreError};
 
@@ -249,8 +249,8 @@ impl Resources {
         let deleting = ns.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null())
             || ns.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating");
         if deleting {
-            return Err(Rejection::Conflict(format!(
-                "unable to create new content in namespace {namespace} because it is being terminated"
+            return Err(Rejection::Forbidden(format!(
+                "namespaces {namespace:?} is forbidden: unable to create new content in namespace {namespace} because it is being terminated"
             )));
         }
         Ok(())
@@ -407,7 +407,11 @@ impl Admission for Resources {
     }
 
     fn deletion(&self, kind: &KindInfo, object: &Value, grace_seconds: Option<i64>, now_ms: u64) -> Deletion {
-        if kind_of(kind) == Some(Kind::Pod) { pod_deletion(object, grace_seconds, now_ms) } else { Deletion::Now }
+        match kind_of(kind) {
+            Some(Kind::Pod) => pod_deletion(object, grace_seconds, now_ms),
+            Some(Kind::Namespace) => namespace_deletion(object, now_ms),
+            _ => Deletion::Now,
+        }
     }
 
     fn release(&self, kind: &KindInfo, object: &Value, store: &dyn Store) -> Vec<Op> {

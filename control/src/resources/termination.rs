@@ -43,7 +43,10 @@ pub fn pod_deletion(pod: &Value, requested_grace: Option<i64>, now_ms: u64) -> D
     if !bound || finished || grace == 0 {
         return Deletion::Now;
     }
-    let deadline_ms = now_ms.saturating_add(u64::try_from(grace).unwrap_or(0).saturating_mul(1000));
+    // A grace of centuries is allowed (Kubernetes sets no bound) but the
+    // deadline is stored as RFC 3339, so it stops at the end of year 9999.
+    let deadline_ms =
+        now_ms.saturating_add(u64::try_from(grace).unwrap_or(0).saturating_mul(1000)).min(LATEST_DEADLINE_MS);
     if let Some(current) = deletion_deadline_ms(pod) {
         let current_grace = pod.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64);
         // Only ever sooner.
@@ -60,6 +63,28 @@ pub fn pod_deletion(pod: &Value, requested_grace: Option<i64>, now_ms: u64) -> D
     Deletion::Graceful(marked)
 }
 
+/// How to delete a Namespace: never `default`; otherwise it turns
+/// `Terminating` (`deletionTimestamp` now, `status.phase`, the `kubernetes`
+/// finalizer) and the namespace controller deletes what it holds, then it.
+pub fn namespace_deletion(namespace: &Value, now_ms: u64) -> Deletion {
+    let name = namespace.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+    if name == super::DEFAULT_NAMESPACE {
+        return Deletion::Refused(format!("namespaces {name:?} is forbidden: this namespace may not be deleted"));
+    }
+    if is_terminating(namespace) {
+        return Deletion::AlreadyTerminating;
+    }
+    let mut marked = namespace.clone();
+    let Some(object) = marked.as_object_mut() else { return Deletion::Now };
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("deletionTimestamp".to_owned(), rfc3339(now_ms));
+        meta.insert("deletionGracePeriodSeconds".to_owned(), Value::from(0));
+    }
+    object.insert("spec".to_owned(), serde_json::json!({"finalizers": ["kubernetes"]}));
+    object.insert("status".to_owned(), serde_json::json!({"phase": "Terminating"}));
+    Deletion::Graceful(marked)
+}
+
 /// `metadata.deletionTimestamp` in milliseconds, when the object has one.
 pub fn deletion_deadline_ms(object: &Value) -> Option<u64> {
     let t = object.pointer("/metadata/deletionTimestamp")?.as_str()?.parse::<Timestamp>().ok()?;
@@ -71,12 +96,16 @@ pub fn is_terminating(object: &Value) -> bool {
     object.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null())
 }
 
+/// The latest deadline: jiff's (and so k8s-openapi's) last time,
+/// 9999-12-30T22:00:00Z, as whole seconds.
+const LATEST_DEADLINE_MS: u64 = 253_402_207_200_000;
+
 /// Kubernetes' stored time format: RFC 3339, to the second (rounded up, so
 /// a deadline is never earlier than asked).
 fn rfc3339(ms: u64) -> Value {
     let seconds = i64::try_from(ms.div_ceil(1000)).unwrap_or(i64::MAX);
-    // Out of jiff's range only beyond the year 9999.
-    let time = Time(Timestamp::from_second(seconds).unwrap_or(Timestamp::UNIX_EPOCH));
+    // Deadlines are clamped to the year 9999, within jiff's range.
+    let time = Time(Timestamp::from_second(seconds).unwrap_or(Timestamp::MAX));
     serde_json::to_value(time).unwrap_or(Value::Null)
 }
 
@@ -132,6 +161,16 @@ mod tests {
         // The agent's final delete of a terminating pod.
         let terminating = marked(pod_deletion(&bound(None), None, NOW));
         assert_eq!(pod_deletion(&terminating, Some(0), NOW + 1_000), Deletion::Now);
+    }
+
+    #[test]
+    fn an_enormous_grace_ends_in_the_year_9999_and_can_still_be_shortened() {
+        let pod = marked(pod_deletion(&bound(None), Some(i64::MAX), NOW));
+        assert_eq!(pod["metadata"]["deletionTimestamp"], "9999-12-30T22:00:00Z");
+        assert_eq!(u64::try_from(Timestamp::MAX.as_second()).unwrap() * 1000, LATEST_DEADLINE_MS);
+        assert_eq!(deletion_deadline_ms(&pod), Some(LATEST_DEADLINE_MS));
+        let shorter = marked(pod_deletion(&pod, Some(5), NOW));
+        assert_eq!(deletion_deadline_ms(&shorter), Some(NOW + 5_000));
     }
 
     #[test]

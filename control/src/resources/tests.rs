@@ -372,7 +372,7 @@ fn namespaced_objects_need_a_namespace_that_exists() {
     let terminating = set(serde_json::from_slice(&stored.value).unwrap(), "/status/phase", json!("Terminating"));
     store.update(&key, &serde_json::to_vec(&terminating).unwrap(), None).unwrap();
     match create_in(&r, &store, &POD, in_prod) {
-        Err(Rejection::Conflict(message)) => assert!(message.contains("being terminated"), "{message}"),
+        Err(Rejection::Forbidden(message)) => assert!(message.contains("being terminated"), "{message}"),
         other => panic!("{other:?}"),
     }
     // Cluster-scoped objects lose a namespace they were sent with.
