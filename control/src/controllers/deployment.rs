@@ -164,7 +164,9 @@ pub fn plan(desired: &Desired, pods: &[Observed]) -> Plan {
             //    counting the pods just asked for (not yet available).
             let min_available = replicas.saturating_sub(unavailable);
             let all = old.len() as u32 + new_count + out.create;
-            let new_ready = new.iter().filter(|p| p.ready).count() as u32;
+            // Only the new pods that stay: a scale-down just chose some
+            // (maybe ready ones) for deletion.
+            let new_ready = new.iter().filter(|p| p.ready && !out.delete.contains(&p.name)).count() as u32;
             let new_unavailable = new_count + out.create - new_ready;
             let mut budget = i64::from(all) - i64::from(min_available) - i64::from(new_unavailable);
             if budget <= 0 {

@@ -124,3 +124,61 @@ proptest! {
         simulate(replicas, surge, unavailable, &readiness)?;
     }
 }
+
+#[test]
+fn scaling_to_zero_mid_rollout_with_a_ready_new_pod_plans_both_away() {
+    // Found by the soak test: a ready new pod chosen for deletion by the
+    // scale-down was still counted as available, and the arithmetic
+    // underflowed (a panic in debug builds, every pass).
+    let pods = [pod("old-1", "old", true, 1), pod("new-1", "new", true, 2)];
+    let p = plan(&rolling(0, 1, 0), &pods);
+    assert_eq!(p.create, 0);
+    let mut deleted = p.delete.clone();
+    deleted.sort();
+    assert_eq!(deleted, ["new-1", "old-1"]);
+}
+
+fn any_pod() -> impl proptest::strategy::Strategy<Value = Observed> {
+    proptest::strategy::Strategy::prop_map(
+        (0u32..3, any::<bool>(), any::<bool>(), any::<bool>(), 0u64..20),
+        |(hash, ready, terminating, failed, created_ms)| Observed {
+            name: String::new(),
+            hash: ["new", "old", "older"][hash as usize].to_owned(),
+            ready,
+            terminating,
+            failed,
+            created_ms,
+        },
+    )
+}
+
+proptest! {
+    /// The planner is total: any replicas, strategy and mix of pods (old,
+    /// new, ready, terminating, failed) gives a plan that deletes only
+    /// live pods it was shown, each once, and never creates past the surge.
+    #[test]
+    fn the_planner_is_total(
+        replicas in 0u32..8,
+        surge in 0u32..4,
+        unavailable in 0u32..4,
+        recreate in any::<bool>(),
+        mut pods in proptest::collection::vec(any_pod(), 0..12),
+    ) {
+        for (i, p) in pods.iter_mut().enumerate() {
+            p.name = format!("pod-{i}");
+        }
+        let mut d = rolling(replicas, surge, unavailable);
+        if recreate {
+            d.strategy = super::Strategy::Recreate;
+        }
+        let p = plan(&d, &pods);
+        let mut seen = std::collections::HashSet::new();
+        for name in &p.delete {
+            prop_assert!(seen.insert(name.clone()), "{name} deleted twice: {p:?}");
+            let pod = pods.iter().find(|x| &x.name == name);
+            prop_assert!(pod.is_some_and(|x| !x.terminating), "{name} is not a live pod: {p:?}");
+        }
+        let (surge, _) = fenceposts(IntOrPercent::Int(surge), IntOrPercent::Int(unavailable), replicas);
+        prop_assert!(p.create <= replicas + surge, "{p:?}");
+    }
+}
