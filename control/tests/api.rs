@@ -543,6 +543,23 @@ fn bad_requests_store_nothing() {
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
         let (status, _) = admin.post(&format!("{PODS}?dryRun=All"), &pod("p", json!({}))).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
+        // Field selectors name only the fields Kubernetes supports, so a
+        // typo is an error, not an empty list.
+        let (status, body) = admin.get(&format!("{PODS}?fieldSelector=spec.bogus%3Dx")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["message"], "field label not supported: spec.bogus");
+        let (status, _) = admin.get(&format!("{PODS}?fieldSelector=spec.nodeName%3Dn1,metadata.name%3Dp")).await;
+        assert_eq!(status, StatusCode::OK);
+        // Lists and watches from a revision the store never reached: 504,
+        // ResourceVersionTooLarge, at once (no cache to wait for).
+        let (status, _) = admin.get(&format!("{PODS}?resourceVersion=abc")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let future = before + 1000;
+        let (status, body) = admin.get(&format!("{PODS}?resourceVersion={future}")).await;
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+        assert_eq!(body["details"]["causes"][0]["reason"], "ResourceVersionTooLarge");
+        let (status, body) = admin.get(&format!("{PODS}?watch=1&resourceVersion={future}")).await;
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
         assert_eq!(server.revision(), before, "nothing stored");
 
         // generateName.

@@ -74,6 +74,12 @@ pub enum ApiError {
     /// A watch from a revision the history no longer holds.
     #[error("too old resource version: {requested} ({oldest})")]
     Expired { requested: Revision, oldest: Revision },
+    /// A list or watch from a revision the store has not reached: the
+    /// client's resourceVersion came from elsewhere (another cluster, a
+    /// restored backup). kube-apiserver answers 504 with the cause
+    /// `ResourceVersionTooLarge`.
+    #[error("Too large resource version: {requested}, current: {current}")]
+    ResourceVersionTooLarge { requested: Revision, current: Revision },
     /// The store failed; the cause is logged, not sent.
     #[error("storage error during {operation}")]
     Store {
@@ -145,6 +151,7 @@ impl ApiError {
             // Expired (`NewResourceExpired`); client-go treats Expired and
             // Gone alike.
             ApiError::Expired { .. } => (StatusCode::GONE, "Expired"),
+            ApiError::ResourceVersionTooLarge { .. } => (StatusCode::GATEWAY_TIMEOUT, "Timeout"),
             ApiError::Store { .. } | ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         }
     }
@@ -175,6 +182,10 @@ impl ApiError {
                     .iter()
                     .map(|c| json!({ "reason": c.reason, "message": c.message, "field": c.field }))
                     .collect::<Vec<_>>(),
+            })),
+            ApiError::ResourceVersionTooLarge { .. } => Some(json!({
+                "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                "retryAfterSeconds": 1,
             })),
             _ => None,
         };

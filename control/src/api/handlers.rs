@@ -161,6 +161,9 @@ async fn dispatch(state: &State, conn: &Connection, request: Request<Incoming>) 
         Route::OpenApiV2 => Ok(discovery::openapi_v2(&parts)),
         Route::Collection { kind, namespace } => {
             let ns = namespace.as_deref();
+            if parts.method == Method::GET {
+                query.selectors.fields.check(&kind).map_err(ApiError::BadRequest)?;
+            }
             match parts.method {
                 Method::GET if query.watch => {
                     authorize(&caller, Verb::Watch, &kind, ns, None)?;
@@ -253,12 +256,13 @@ async fn list(
     // A list is always the latest snapshot (any resourceVersion means "at
     // least this recent", which the latest is), but a malformed one is
     // still the client's mistake.
-    if let Some(rv) = &query.resource_version {
-        parse_revision(rv)?;
-    }
+    let at_least = query.resource_version.as_deref().map(parse_revision).transpose()?;
     let store = state.store.clone();
     let prefix = collection_prefix(&kind, namespace.as_deref());
     let (items, revision) = blocking(move || store.list(&prefix).map_err(|e| ApiError::store("list", e))).await?;
+    if let Some(requested) = at_least.filter(|r| *r > revision) {
+        return Err(ApiError::ResourceVersionTooLarge { requested, current: revision });
+    }
     let mut objects = Vec::with_capacity(items.len());
     for (key, stored) in items {
         let object = parse_stored(&key, &stored.value)?;

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::admission::KindInfo;
 use serde_json::{Map, Value};
 
 use super::error::lookup;
@@ -250,9 +251,11 @@ fn parse_requirement(part: &str) -> Option<LabelRequirement> {
     })
 }
 
-/// A parsed `fieldSelector`: `metadata.name=web,spec.nodeName!=n1`. Any
-/// field path works; a missing field reads as the empty string, and
-/// numbers and booleans compare by their JSON text.
+/// A parsed `fieldSelector`: `metadata.name=web,spec.nodeName!=n1`. Only
+/// the fields Kubernetes supports for the kind may be named ([`FieldSelector::check`]),
+/// so a typo is an error rather than an empty list; a missing field reads
+/// as the empty string, and numbers and booleans compare by their JSON
+/// text.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct FieldSelector(pub Vec<(String, bool, String)>);
 
@@ -272,6 +275,37 @@ impl FieldSelector {
             terms.push((path.trim().to_owned(), equal, value.trim().to_owned()));
         }
         Ok(FieldSelector(terms))
+    }
+
+    /// Refuses a field the kind does not support, with kube-apiserver's
+    /// message.
+    pub(super) fn check(&self, kind: &KindInfo) -> Result<(), String> {
+        const POD: &[&str] = &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.podIPs",
+            "status.nominatedNodeName",
+        ];
+        let extra: &[&str] = match kind.kind {
+            "Pod" => POD,
+            "Node" => &["spec.unschedulable"],
+            "Namespace" => &["status.phase"],
+            "Service" => &["spec.clusterIP", "spec.type"],
+            "EndpointSlice" => &["addressType"],
+            _ => &[],
+        };
+        for (path, _, _) in &self.0 {
+            let general = path == "metadata.name" || (kind.namespaced && path == "metadata.namespace");
+            if !general && !extra.contains(&path.as_str()) {
+                return Err(format!("field label not supported: {path}"));
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn matches(&self, object: &Value) -> bool {

@@ -68,6 +68,14 @@ fn list_then_watch(store: &dyn Store, prefix: &str) -> Result<Opened, ApiError> 
 /// the whole history when it is all still there, which ends in the same
 /// state, else behaves as absent; `N` resumes after revision N.
 fn open(store: &dyn Store, prefix: &str, resource_version: Option<Revision>) -> Result<Opened, ApiError> {
+    // Every server reads the one store, which has no lagging cache: a
+    // revision it has not reached will not come by waiting.
+    if let Some(requested) = resource_version {
+        let current = store.current_revision().map_err(|e| ApiError::store("watch", e))?;
+        if requested > current {
+            return Err(ApiError::ResourceVersionTooLarge { requested, current });
+        }
+    }
     match resource_version {
         None => list_then_watch(store, prefix),
         Some(from) => match store.watch(prefix, from) {
