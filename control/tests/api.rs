@@ -799,6 +799,22 @@ fn node_client_certificates() {
         let mut ready = n1.clone();
         ready["status"] = json!({ "conditions": [{ "type": "Ready", "status": "True" }] });
         assert_eq!(node.put("/api/v1/nodes/n1", &ready).await.0, StatusCode::OK);
+        // Pods: a node writes (status) and deletes the pods bound to it,
+        // and no others.
+        let admin = server.admin();
+        let mut mine = pod("mine", json!({}));
+        mine["spec"]["nodeName"] = json!("n1");
+        let mut theirs = pod("theirs", json!({}));
+        theirs["spec"]["nodeName"] = json!("n2");
+        let (_, mine) = admin.post(PODS, &mine).await;
+        let (_, theirs) = admin.post(PODS, &theirs).await;
+        let mut running = mine.clone();
+        running["status"] = json!({ "phase": "Running" });
+        assert_eq!(node.put(&format!("{PODS}/mine"), &running).await.0, StatusCode::OK);
+        assert_eq!(node.put(&format!("{PODS}/theirs"), &theirs).await.0, StatusCode::FORBIDDEN);
+        assert_eq!(node.call(Method::DELETE, &format!("{PODS}/theirs"), None).await.0, StatusCode::FORBIDDEN);
+        assert_eq!(node.call(Method::DELETE, &format!("{PODS}/p"), None).await.0, StatusCode::FORBIDDEN);
+        assert_eq!(node.call(Method::DELETE, &format!("{PODS}/mine"), None).await.0, StatusCode::OK);
 
         // A certificate from another CA fails the handshake: no response.
         let other_dir = tempfile::tempdir().unwrap();

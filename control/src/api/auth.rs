@@ -173,7 +173,8 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Access {
     Role(Role),
-    /// A node: read everything, write its own Node object.
+    /// A node: read everything, write its own Node object and the pods
+    /// bound to it (the latter checked by the handler, which reads the pod).
     Node(String),
 }
 

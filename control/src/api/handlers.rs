@@ -9,7 +9,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Map, Value, json};
 
 use super::admission::{Admission, Deletion, KindInfo};
-use super::auth::{Caller, Verb, authorize, bearer};
+use super::auth::{Access, Caller, Verb, authorize, bearer};
 use super::body;
 use super::discovery;
 use super::error::{self, ApiError, Body, full};
@@ -199,8 +199,17 @@ async fn dispatch(state: &State, conn: &Connection, request: Request<Incoming>) 
             if verb != Verb::Get {
                 writable(&kind)?;
             }
-            authorize(&caller, verb, &kind, ns, Some(&name))?;
-            let target = Target { key: object_key(&kind, ns, &name), kind, namespace, name };
+            let key = object_key(&kind, ns, &name);
+            if let Err(denied) = authorize(&caller, verb, &kind, ns, Some(&name)) {
+                // Kubernetes' Node authorizer: a node also updates and
+                // deletes the pods bound to it (status, the final delete
+                // of a terminating pod). A pod's node never changes once
+                // bound, so reading it first is enough.
+                if !node_owns_pod(state, &caller, &kind, &key).await? {
+                    return Err(denied);
+                }
+            }
+            let target = Target { key, kind, namespace, name };
             match verb {
                 Verb::Get => get(state, target).await,
                 Verb::Update => update(state, target, &parts, body).await,
@@ -210,6 +219,19 @@ async fn dispatch(state: &State, conn: &Connection, request: Request<Incoming>) 
         }
         Route::Health | Route::Version | Route::Join => Err(ApiError::NoRoute),
     }
+}
+
+/// Whether `caller` is the node the stored pod at `key` is bound to.
+async fn node_owns_pod(state: &State, caller: &Caller, kind: &KindInfo, key: &str) -> Result<bool, ApiError> {
+    let Access::Node(node) = &caller.access else { return Ok(false) };
+    if kind.resource != "pods" {
+        return Ok(false);
+    }
+    let (store, key) = (state.store.clone(), key.to_owned());
+    let stored = blocking(move || store.get(&key).map_err(|e| ApiError::store("get", e))).await?;
+    Ok(stored
+        .and_then(|v| serde_json::from_slice::<Value>(&v.value).ok())
+        .is_some_and(|pod| pod.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node.as_str())))
 }
 
 /// Kinds controllers derive (endpoints) are not written through the API.
