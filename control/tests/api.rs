@@ -508,6 +508,16 @@ fn create_get_list_update_delete() {
             server.client(None).send(Method::GET, "/healthz", "text/plain", full(Bytes::new())).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(admin.get("/api/v1/widgets").await.0, StatusCode::NOT_FOUND);
+        // A long generateName is cut to 58 characters before the suffix.
+        let mut generated = pod("", json!({}));
+        generated["metadata"].as_object_mut().unwrap().remove("name");
+        generated["metadata"]["generateName"] = json!("g".repeat(100));
+        let (status, body) = admin.post(PODS, &generated).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let name = body["metadata"]["name"].as_str().unwrap();
+        assert_eq!(name.len(), 63, "{name}");
+        assert!(name.starts_with(&"g".repeat(58)), "{name}");
+        admin.call(Method::DELETE, &format!("{PODS}/{name}"), None).await;
         server.stop().await;
     })
 }
@@ -542,6 +552,11 @@ fn bad_requests_store_nothing() {
             admin.post("/api/v1/namespaces/default/endpoints", &json!({ "metadata": { "name": "e" } })).await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
         let (status, _) = admin.post(&format!("{PODS}?dryRun=All"), &pod("p", json!({}))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        // Metadata strings must be strings.
+        let (status, body) = admin.post(PODS, &json!({ "metadata": { "name": 123, "generateName": "g-" } })).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let (status, _) = admin.post(PODS, &json!({ "metadata": { "name": "n", "resourceVersion": 5 } })).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         // Field selectors name only the fields Kubernetes supports, so a
         // typo is an error, not an empty list.
@@ -639,8 +654,22 @@ fn stale_update_conflicts_and_changes_nothing() {
         let (status, body) = admin.call(Method::DELETE, &format!("{PODS}/web"), Some(&options)).await;
         assert_eq!(status, StatusCode::CONFLICT, "{body}");
         assert_eq!(server.revision(), before);
-        let options =
-            json!({ "preconditions": { "resourceVersion": rv(&v3).to_string(), "uid": v3["metadata"]["uid"] } });
+        // DeleteOptions are decoded strictly; only Background propagation.
+        for (options, want) in [
+            (json!({ "propagationPolicy": "Bogus" }), StatusCode::UNPROCESSABLE_ENTITY),
+            (json!({ "propagationPolicy": "Orphan" }), StatusCode::UNPROCESSABLE_ENTITY),
+            (json!({ "orphanDependents": true }), StatusCode::UNPROCESSABLE_ENTITY),
+            (json!({ "gracePeriod": 3 }), StatusCode::BAD_REQUEST),
+            (json!({ "dryRun": ["All"] }), StatusCode::BAD_REQUEST),
+        ] {
+            let (status, body) = admin.call(Method::DELETE, &format!("{PODS}/web"), Some(&options)).await;
+            assert_eq!(status, want, "{options}: {body}");
+        }
+        assert_eq!(server.revision(), before);
+        let options = json!({
+            "propagationPolicy": "Background",
+            "preconditions": { "resourceVersion": rv(&v3).to_string(), "uid": v3["metadata"]["uid"] },
+        });
         let (status, _) = admin.call(Method::DELETE, &format!("{PODS}/web"), Some(&options)).await;
         assert_eq!(status, StatusCode::OK);
         server.stop().await;

@@ -427,9 +427,15 @@ async fn create(
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
     let mut object = read_object(state, &kind, parts, body).await?;
+    check_meta_strings(&object)?;
     let name = match (meta_str(&object, "name"), meta_str(&object, "generateName")) {
         (Some(name), _) => name.to_owned(),
-        (None, Some(prefix)) => format!("{prefix}{}", name_suffix().map_err(random_failed)?),
+        (None, Some(prefix)) => {
+            // kube-apiserver's SimpleNameGenerator: the prefix is cut to
+            // 58 characters so that the name with its suffix fits 63.
+            let prefix: String = prefix.chars().take(MAX_GENERATE_NAME_PREFIX).collect();
+            format!("{prefix}{}", name_suffix().map_err(random_failed)?)
+        }
         (None, None) => {
             return Err(ApiError::invalid(
                 &kind,
@@ -459,6 +465,24 @@ async fn create(
     let (store, admission) = (state.store.clone(), state.admission.clone());
     let (object, revision) = blocking(move || write_create(&*store, &*admission, &target, &pinned, object)).await?;
     Ok(json_response(StatusCode::CREATED, &with_resource_version(object, revision)))
+}
+
+/// The longest `generateName` prefix kept (63 − 5 random characters).
+const MAX_GENERATE_NAME_PREFIX: usize = 58;
+
+/// Metadata fields the server reads as strings must be strings (or absent):
+/// a number is a decoding error, not a missing value.
+fn check_meta_strings(object: &Value) -> Result<(), ApiError> {
+    let Some(meta) = object.get("metadata").and_then(Value::as_object) else { return Ok(()) };
+    for field in ["name", "generateName", "namespace", "resourceVersion", "uid"] {
+        match meta.get(field) {
+            None | Some(Value::Null | Value::String(_)) => {}
+            Some(other) => {
+                return Err(ApiError::BadRequest(format!("metadata.{field}: expected a string, got {other}")));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What to do with a failed write transaction that did not fail on the
@@ -537,6 +561,7 @@ enum Change {
 
 async fn update(state: &State, target: Target, parts: &Parts, body: Incoming) -> Result<Response<Body>, ApiError> {
     let mut object = read_object(state, &target.kind, parts, body).await?;
+    check_meta_strings(&object)?;
     check_identity(&mut object, &target)?;
     // Without a resourceVersion the update is unconditional, as Kubernetes
     // allows for every kind berth serves (`kubectl replace`).
@@ -686,6 +711,7 @@ async fn delete(
     } else {
         body::decode(&body::media_type(parts), &bytes)?
     };
+    check_delete_options(&options, &target)?;
     let preconditions = options.get("preconditions");
     let precondition =
         |field| preconditions.and_then(|p| p.get(field)).and_then(Value::as_str).filter(|s| !s.is_empty());
@@ -701,6 +727,47 @@ async fn delete(
     let (object, revision) =
         blocking(move || delete_blocking(&*store, &*admission, &target, expected, uid.as_deref(), grace)).await?;
     Ok(json_response(StatusCode::OK, &with_resource_version(object, revision)))
+}
+
+/// DeleteOptions as kube-apiserver decodes them: known fields only, and
+/// only the propagation berth does (background: the garbage collector
+/// deletes dependents after their owner).
+fn check_delete_options(options: &Value, target: &Target) -> Result<(), ApiError> {
+    const FIELDS: [&str; 7] = [
+        "apiVersion",
+        "kind",
+        "gracePeriodSeconds",
+        "preconditions",
+        "propagationPolicy",
+        "orphanDependents",
+        "dryRun",
+    ];
+    let Some(map) = options.as_object() else {
+        return Err(ApiError::BadRequest("DeleteOptions must be a JSON object".to_owned()));
+    };
+    if let Some(unknown) = map.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::BadRequest(format!("DeleteOptions: unknown field {unknown:?}")));
+    }
+    if map.get("dryRun").is_some_and(|d| !d.is_null()) {
+        return Err(ApiError::BadRequest("dryRun is not supported".to_owned()));
+    }
+    let orphan = map.get("orphanDependents").and_then(Value::as_bool) == Some(true);
+    match map.get("propagationPolicy") {
+        None | Some(Value::Null) if !orphan => Ok(()),
+        Some(Value::String(p)) if p == "Background" && !orphan => Ok(()),
+        Some(Value::String(p)) if !matches!(p.as_str(), "Background" | "Foreground" | "Orphan") => Err(ApiError::invalid(
+            &target.kind,
+            &target.name,
+            "propagationPolicy",
+            format!("Unsupported value: {p:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""),
+        )),
+        _ => Err(ApiError::invalid(
+            &target.kind,
+            &target.name,
+            "propagationPolicy",
+            "Forbidden: only Background propagation is supported by berth (dependents are deleted by the garbage collector after their owner)".to_owned(),
+        )),
+    }
 }
 
 fn now_ms() -> u64 {

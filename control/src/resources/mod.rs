@@ -515,6 +515,20 @@ impl Rules for Pod {
         {
             pod::update(spec, old, errs);
         }
+        // The status agents write (a create's status is ignored): a known
+        // phase, and never out of a terminal one (kube's
+        // ValidatePodStatusUpdate).
+        let phase = |p: Option<&Pod>| p.and_then(|p| p.status.as_ref()).and_then(|s| s.phase.clone());
+        if let Some(new) = phase(Some(self)).filter(|_| old.is_some()) {
+            const PHASES: [&str; 5] = ["Pending", "Running", "Succeeded", "Failed", "Unknown"];
+            if !PHASES.contains(&new.as_str()) {
+                errs.unsupported("status.phase", &new, &PHASES);
+            } else if let Some(was) = phase(old).filter(|w| matches!(w.as_str(), "Succeeded" | "Failed"))
+                && new != was
+            {
+                errs.forbidden("status.phase", format!("cannot transition from terminal phase {was} to {new}"));
+            }
+        }
     }
 
     fn status(&mut self, old: Option<&Self>) {

@@ -926,6 +926,21 @@ fn pod_updates_may_only_bind() {
     update_in(&r, &store, &POD, &old, set(pod(), "/metadata/labels/tier", json!("front"))).unwrap();
 }
 
+#[test]
+fn pod_status_updates_have_a_known_phase_and_never_leave_a_terminal_one() {
+    let r = rules();
+    let store = mem();
+    let old = admitted(&POD, set(pod(), "/status/phase", json!("Bogus")));
+    assert_eq!(old["status"]["phase"], "Pending", "a create's status is the server's");
+    let errors = update_invalid(&POD, &old, set(pod(), "/status/phase", json!("Bogus")));
+    assert_error(&errors, "status.phase", "Unsupported value: \"Bogus\"");
+    let (failed, _) = update_in(&r, &store, &POD, &old, set(pod(), "/status/phase", json!("Failed"))).unwrap();
+    let errors = update_invalid(&POD, &failed, set(pod(), "/status/phase", json!("Running")));
+    assert_error(&errors, "status.phase", "Forbidden: cannot transition from terminal phase Failed to Running");
+    // The same terminal phase again is fine (agents rewrite their status).
+    update_in(&r, &store, &POD, &failed, set(pod(), "/status/phase", json!("Failed"))).unwrap();
+}
+
 // ---- Deployments --------------------------------------------------------------
 
 #[test]
