@@ -11,16 +11,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::objects::text;
 use common::serve::{Serve, free_port};
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
 fn berth(config: &Path, args: &[&str]) -> Output {
     Command::new(BERTH).env("BERTH_CLIENT_CONFIG", config).args(args).output().expect("run berth")
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 fn example(name: &str) -> PathBuf {

@@ -9,35 +9,27 @@
 
 mod common;
 
+use common::objects::{condition, hash, image, name, node, ready, str_at, terminating, text};
 use common::serve::{Serve, free_port};
 use common::sim_agent::{AgentOptions, SimAgent};
+use common::watch::{EventStream, Watcher};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Arc;
 use std::time::Duration;
 
 use berth_control::client::{ApiClient, ClientError, Config};
-use http_body_util::{BodyExt, Empty};
-use hyper::body::{Bytes, Incoming};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
-use rustls::RootCertStore;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use hyper::Method;
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_rustls::TlsConnector;
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 const PODS: &str = "/api/v1/namespaces/default/pods";
 const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/default/deployments/web";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices";
 const REVISIONS: &str = "/apis/apps/v1/namespaces/default/controllerrevisions";
-const HASH_LABEL: &str = "pod-template-hash";
 const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
 /// web.yaml's image.
 const V1: &str = "berth-test:latest";
@@ -51,44 +43,8 @@ fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name)
 }
 
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
 fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
-}
-
-fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
-    object.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
-}
-
-fn name(pod: &Value) -> &str {
-    str_at(pod, "/metadata/name")
-}
-
-fn hash(pod: &Value) -> &str {
-    pod.pointer("/metadata/labels").and_then(|l| l.get(HASH_LABEL)).and_then(Value::as_str).unwrap_or_default()
-}
-
-fn image(pod: &Value) -> &str {
-    str_at(pod, "/spec/containers/0/image")
-}
-
-fn node(pod: &Value) -> &str {
-    str_at(pod, "/spec/nodeName")
-}
-
-fn terminating(object: &Value) -> bool {
-    object.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null())
-}
-
-fn condition<'a>(object: &'a Value, kind: &str) -> Option<&'a Value> {
-    object.pointer("/status/conditions").and_then(Value::as_array)?.iter().find(|c| c["type"] == kind)
-}
-
-fn ready(object: &Value) -> bool {
-    condition(object, "Ready").is_some_and(|c| c["status"] == "True")
 }
 
 /// One line per pod, for panic messages.
@@ -270,13 +226,9 @@ impl Cluster {
 // last resourceVersion when the server ends the stream.
 
 struct PodWatch {
-    host: String,
-    port: u16,
-    token: String,
-    tls: TlsConnector,
+    watcher: Watcher,
     resource_version: String,
-    body: Option<Incoming>,
-    buf: Vec<u8>,
+    stream: Option<EventStream>,
     /// web's pods by name, as the last event left them.
     live: BTreeMap<String, Value>,
     /// Every event: (type, pod name, terminating).
@@ -294,73 +246,37 @@ impl PodWatch {
             .filter(|p| p["metadata"]["labels"]["app"] == "web")
             .map(|p| (name(p).to_owned(), p.clone()))
             .collect();
-        let config = &cluster.config;
-        let (host, port) = config.server.trim_start_matches("https://").rsplit_once(':').unwrap();
-        let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(&config.ca_file).unwrap() {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
         PodWatch {
-            host: host.to_owned(),
-            port: port.parse().unwrap(),
-            token: config.token.clone().unwrap(),
-            tls: TlsConnector::from(Arc::new(tls)),
+            watcher: Watcher::new(&cluster.config),
             resource_version: list["metadata"]["resourceVersion"].as_str().unwrap().to_owned(),
-            body: None,
-            buf: Vec::new(),
+            stream: None,
             live,
             events: Vec::new(),
         }
     }
 
     async fn connect(&mut self) {
-        let tcp = TcpStream::connect((self.host.as_str(), self.port)).await.unwrap();
-        let server_name = ServerName::try_from(self.host.clone()).unwrap();
-        let tls = self.tls.connect(server_name, tcp).await.unwrap();
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
         let path = format!("{PODS}?watch=true&resourceVersion={}", self.resource_version);
-        let request = Request::builder()
-            .uri(&path)
-            .header("host", format!("{}:{}", self.host, self.port))
-            .header("authorization", format!("Bearer {}", self.token))
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        let response = sender.send_request(request).await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK, "watch {path}");
-        self.body = Some(response.into_body());
-        self.buf.clear();
+        let (code, stream) = self.watcher.open(&path).await.unwrap();
+        assert_eq!(code, 200, "watch {path}");
+        self.stream = stream;
     }
 
     /// The next event (applied to [`PodWatch::live`]), or `None` when none
     /// came by `deadline`.
     async fn next_by(&mut self, deadline: Instant) -> Option<Value> {
         loop {
-            if let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=end).collect();
-                let event: Value = serde_json::from_slice(&line).unwrap();
-                self.apply(&event);
-                return Some(event);
-            }
-            if self.body.is_none() {
+            if self.stream.is_none() {
                 self.connect().await;
             }
-            let body = self.body.as_mut().unwrap();
-            match tokio::time::timeout_at(deadline, body.frame()).await {
-                Ok(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.buf.extend_from_slice(&data);
-                    }
+            let stream = self.stream.as_mut().unwrap();
+            match tokio::time::timeout_at(deadline, stream.next()).await {
+                Ok(Some(event)) => {
+                    self.apply(&event);
+                    return Some(event);
                 }
                 // The server ended the watch: resume after the last event.
-                Ok(Some(Err(_)) | None) => self.body = None,
+                Ok(None) => self.stream = None,
                 Err(_) => return None,
             }
         }

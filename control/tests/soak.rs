@@ -21,8 +21,10 @@
 
 mod common;
 
+use common::objects::{hash, image, name, node, ready, str_at, terminating, text, uid};
 use common::serve::{Serve, free_port};
 use common::sim_agent::{AgentOptions, SimAgent};
+use common::watch::{EventStream, Watcher};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -33,17 +35,9 @@ use std::time::Duration;
 
 use berth_control::client::{ApiClient, ClientError, Config};
 use berth_control::controllers::loops::template_hash;
-use http_body_util::{BodyExt, Empty};
-use hyper::body::{Bytes, Incoming};
-use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
-use rustls::RootCertStore;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use hyper::Method;
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_rustls::TlsConnector;
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 const PODS: &str = "/api/v1/namespaces/default/pods";
@@ -52,7 +46,6 @@ const NODES: &str = "/api/v1/nodes";
 const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices";
 const REVISIONS: &str = "/apis/apps/v1/namespaces/default/controllerrevisions";
-const HASH_LABEL: &str = "pod-template-hash";
 const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
 const IMAGES: [&str; 4] = ["soak:v1", "soak:v2", "soak:v3", "soak:v4"];
 const NODE_NAMES: [&str; 3] = ["node-0", "node-1", "node-2"];
@@ -88,41 +81,11 @@ impl Rng {
     }
 }
 
-fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
-    object.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
-}
-
-fn name(o: &Value) -> &str {
-    str_at(o, "/metadata/name")
-}
-
-fn uid(o: &Value) -> &str {
-    str_at(o, "/metadata/uid")
-}
-
-fn hash(pod: &Value) -> &str {
-    pod.pointer("/metadata/labels").and_then(|l| l.get(HASH_LABEL)).and_then(Value::as_str).unwrap_or_default()
-}
-
-fn node(pod: &Value) -> &str {
-    str_at(pod, "/spec/nodeName")
-}
-
 fn owner_uid(o: &Value) -> &str {
     o.pointer("/metadata/ownerReferences")
         .and_then(Value::as_array)
         .and_then(|refs| refs.iter().find(|r| r["controller"] == true))
         .map_or("", |r| str_at(r, "/uid"))
-}
-
-fn terminating(o: &Value) -> bool {
-    o.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null())
-}
-
-fn ready(o: &Value) -> bool {
-    o.pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
 
 fn rv(o: &Value) -> u64 {
@@ -139,17 +102,13 @@ fn pod_line(p: &Value) -> String {
         name(p),
         owner_uid(p),
         hash(p),
-        str_at(p, "/spec/containers/0/image"),
+        image(p),
         node(p),
         str_at(p, "/status/phase"),
         ready(p),
         str_at(p, "/status/podIP"),
         p.pointer("/metadata/deletionTimestamp").unwrap_or(&Value::Null),
     )
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 // ---------------------------------------------------------------------------
@@ -336,37 +295,19 @@ impl Api {
 // A watch of every pod of the namespace, checked event by event.
 
 struct PodWatch {
-    host: String,
-    port: u16,
-    token: String,
-    tls: TlsConnector,
+    watcher: Watcher,
     resource_version: String,
-    body: Option<Incoming>,
-    buf: Vec<u8>,
+    stream: Option<EventStream>,
     /// Pods by uid.
     live: BTreeMap<String, Value>,
 }
 
 impl PodWatch {
     async fn open(config: &Config, api: &Api) -> PodWatch {
-        let (host, port) = config.server.trim_start_matches("https://").rsplit_once(':').unwrap();
-        let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(&config.ca_file).unwrap() {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
         let mut watch = PodWatch {
-            host: host.to_owned(),
-            port: port.parse().unwrap(),
-            token: config.token.clone().unwrap(),
-            tls: TlsConnector::from(Arc::new(tls)),
+            watcher: Watcher::new(config),
             resource_version: String::new(),
-            body: None,
-            buf: Vec::new(),
+            stream: None,
             live: BTreeMap::new(),
         };
         watch.relist(api).await;
@@ -378,8 +319,7 @@ impl PodWatch {
             if let Ok(list) = api.call(Method::GET, PODS, None).await {
                 self.live = items(&list).into_iter().map(|p| (uid(&p).to_owned(), p)).collect();
                 self.resource_version = str_at(&list, "/metadata/resourceVersion").to_owned();
-                self.body = None;
-                self.buf.clear();
+                self.stream = None;
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -388,25 +328,11 @@ impl PodWatch {
 
     /// Connects; false when the version is too old (relist).
     async fn connect(&mut self, state: &State) -> bool {
-        let Ok(tcp) = TcpStream::connect((self.host.as_str(), self.port)).await else {
+        let path = format!("{PODS}?watch=true&resourceVersion={}", self.resource_version);
+        let Ok((code, stream)) = self.watcher.open(&path).await else {
             lock(state).violation("the pod watch could not connect".into());
             return true;
         };
-        let server_name = ServerName::try_from(self.host.clone()).unwrap();
-        let tls = self.tls.connect(server_name, tcp).await.unwrap();
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let path = format!("{PODS}?watch=true&resourceVersion={}", self.resource_version);
-        let request = Request::builder()
-            .uri(&path)
-            .header("host", format!("{}:{}", self.host, self.port))
-            .header("authorization", format!("Bearer {}", self.token))
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        let response = sender.send_request(request).await.unwrap();
-        let code = response.status().as_u16();
         if code == 410 {
             return false;
         }
@@ -415,52 +341,43 @@ impl PodWatch {
             tokio::time::sleep(Duration::from_millis(100)).await;
             return true;
         }
-        self.body = Some(response.into_body());
-        self.buf.clear();
+        self.stream = stream;
         true
     }
 
     /// The next event, applied; None when the watch had to relist.
     async fn next(&mut self, api: &Api) -> Option<Value> {
         loop {
-            if let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=end).collect();
-                let event: Value = serde_json::from_slice(&line).unwrap();
-                if event["type"] == "ERROR" {
-                    if event["object"]["code"] != 410 {
-                        lock(&api.state).violation(format!("pod watch error: {event}"));
-                    }
-                    self.relist(api).await;
-                    return None;
-                }
-                let object = &event["object"];
-                if let Some(rv) = object.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
-                    rv.clone_into(&mut self.resource_version);
-                }
-                match event["type"].as_str() {
-                    Some("DELETED") => {
-                        self.live.remove(uid(object));
-                    }
-                    Some("BOOKMARK") => return None,
-                    _ => {
-                        self.live.insert(uid(object).to_owned(), object.clone());
-                    }
-                }
-                return Some(event);
-            }
-            if self.body.is_none() && !self.connect(&api.state).await {
+            if self.stream.is_none() && !self.connect(&api.state).await {
                 self.relist(api).await;
                 return None;
             }
-            let Some(body) = self.body.as_mut() else { continue };
-            match body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.buf.extend_from_slice(&data);
-                    }
+            let Some(stream) = self.stream.as_mut() else { continue };
+            let Some(event) = stream.next().await else {
+                self.stream = None;
+                continue;
+            };
+            if event["type"] == "ERROR" {
+                if event["object"]["code"] != 410 {
+                    lock(&api.state).violation(format!("pod watch error: {event}"));
                 }
-                Some(Err(_)) | None => self.body = None,
+                self.relist(api).await;
+                return None;
             }
+            let object = &event["object"];
+            if let Some(rv) = object.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+                rv.clone_into(&mut self.resource_version);
+            }
+            match event["type"].as_str() {
+                Some("DELETED") => {
+                    self.live.remove(uid(object));
+                }
+                Some("BOOKMARK") => return None,
+                _ => {
+                    self.live.insert(uid(object).to_owned(), object.clone());
+                }
+            }
+            return Some(event);
         }
     }
 }

@@ -43,3 +43,9 @@ pub mod etcd;
 
 #[allow(dead_code, reason = "not every test file uses every helper")]
 pub mod sim_agent;
+
+#[allow(dead_code, reason = "not every test file uses every helper")]
+pub mod watch;
+
+#[allow(dead_code, reason = "not every test file uses every helper")]
+pub mod objects;
