@@ -27,3 +27,5 @@ pub mod namespaces;
 pub mod node_lifecycle;
 pub mod passes;
 pub mod revisions;
+#[cfg(test)]
+mod test_support;

@@ -525,16 +525,6 @@ impl Store for EtcdStore {
         }
     }
 
-    fn create(&self, key: &str, value: &[u8]) -> Result<Revision, StoreError> {
-        let op = Op::Create { key: key.to_owned(), value: value.to_vec() };
-        Ok(self.write(&[op])?.0)
-    }
-
-    fn update(&self, key: &str, value: &[u8], expected: Option<Revision>) -> Result<Revision, StoreError> {
-        let op = Op::Update { key: key.to_owned(), value: value.to_vec(), expected };
-        Ok(self.write(&[op])?.0)
-    }
-
     fn delete(&self, key: &str, expected: Option<Revision>) -> Result<(Revision, Versioned), StoreError> {
         let (revision, responses) = self.write(&[Op::Delete { key: key.to_owned(), expected }])?;
         let removed = match responses.first() {

@@ -202,7 +202,9 @@ pub trait Store: Send + Sync {
     /// # Errors
     /// [`StoreError::AlreadyExists`], [`StoreError::InvalidKey`],
     /// [`StoreError::Backend`].
-    fn create(&self, key: &str, value: &[u8]) -> Result<Revision, StoreError>;
+    fn create(&self, key: &str, value: &[u8]) -> Result<Revision, StoreError> {
+        self.txn(&[Op::Create { key: key.to_owned(), value: value.to_vec() }])
+    }
 
     /// Overwrite `key`, which must exist and, if `expected` is given, have
     /// been last written at revision `expected`. Returns the write's revision.
@@ -211,7 +213,9 @@ pub trait Store: Send + Sync {
     /// [`StoreError::NotFound`], [`StoreError::Conflict`] (with both
     /// revisions) when `expected` is stale, [`StoreError::InvalidKey`],
     /// [`StoreError::Backend`].
-    fn update(&self, key: &str, value: &[u8], expected: Option<Revision>) -> Result<Revision, StoreError>;
+    fn update(&self, key: &str, value: &[u8], expected: Option<Revision>) -> Result<Revision, StoreError> {
+        self.txn(&[Op::Update { key: key.to_owned(), value: value.to_vec(), expected }])
+    }
 
     /// Remove `key`, which must exist and, if `expected` is given, have been
     /// last written at revision `expected`. Returns the delete's revision and

@@ -13,10 +13,11 @@ use crate::api::admission::{Admission, KindInfo};
 use crate::controllers::gc::{GcSummary, collect_garbage};
 use crate::controllers::loops::{reconcile_deployments, schedule_pending};
 use crate::controllers::node_lifecycle::LifecycleConfig;
+use crate::controllers::test_support::RacingStore;
 use crate::resources::{
     DEPLOYMENT, ENDPOINT_SLICE, NODE, POD, Resources, ResourcesConfig, SERVICE, store_key, store_prefix,
 };
-use crate::store::{MemStore, Op, Revision, Store, StoreError, StoreOptions, Versioned, Watch};
+use crate::store::{MemStore, Op, Store, StoreOptions};
 
 /// A whole second, so stored (second-resolution) times are exact.
 const T0: u64 = 1_700_000_000_000;
@@ -425,42 +426,6 @@ fn a_node_its_agent_reports_not_ready_is_not_marked_ready() {
     }
     assert_eq!(reconcile_nodes(&cluster.store, &config(), T0 + 1000).unwrap(), PassSummary::default());
     assert_eq!(cluster.node("node-c")["status"]["conditions"][0]["reason"], "KubeletNotReady");
-}
-
-/// A store where another writer changes every object just before each
-/// `update`, so every compare-and-swap update loses.
-struct RacingStore<'a>(&'a MemStore);
-
-impl Store for RacingStore<'_> {
-    fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
-        self.0.get(key)
-    }
-    fn list(&self, prefix: &str) -> Result<(Vec<(String, Versioned)>, Revision), StoreError> {
-        self.0.list(prefix)
-    }
-    fn create(&self, key: &str, value: &[u8]) -> Result<Revision, StoreError> {
-        self.0.create(key, value)
-    }
-    fn update(&self, key: &str, value: &[u8], expected: Option<Revision>) -> Result<Revision, StoreError> {
-        let current = self.0.get(key)?.ok_or_else(|| StoreError::NotFound { key: key.to_owned() })?;
-        self.0.update(key, &current.value, None)?;
-        self.0.update(key, value, expected)
-    }
-    fn delete(&self, key: &str, expected: Option<Revision>) -> Result<(Revision, Versioned), StoreError> {
-        self.0.delete(key, expected)
-    }
-    fn txn(&self, ops: &[Op]) -> Result<Revision, StoreError> {
-        self.0.txn(ops)
-    }
-    fn watch(&self, prefix: &str, from: Revision) -> Result<Watch, StoreError> {
-        self.0.watch(prefix, from)
-    }
-    fn current_revision(&self) -> Result<Revision, StoreError> {
-        self.0.current_revision()
-    }
-    fn compact(&self, keep_after: Revision) -> Result<(), StoreError> {
-        self.0.compact(keep_after)
-    }
 }
 
 #[test]
