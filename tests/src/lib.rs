@@ -37,6 +37,7 @@ pub mod netns;
 pub mod packet;
 pub mod process;
 pub mod rootfs;
+pub mod runc;
 pub mod server;
 pub mod summary;
 pub mod topology;

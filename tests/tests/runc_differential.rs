@@ -40,6 +40,7 @@ use berth_agent::{
     image::{Image, ImageStore},
     runtime::{ContainerSpec, LogConfig, Runtime},
 };
+use berth_tests::runc::{CONTAINERD_CAPS, CONTAINERD_MASKED, CONTAINERD_READONLY};
 use berth_tests::{ChildGuard, agent_bin, require_root};
 
 const MIB: u64 = 1024 * 1024;
@@ -54,39 +55,6 @@ const KUBELET_CPU_SHARES: u64 = CPU_REQUEST_M * 1024 / 1000;
 const KUBELET_CFS_PERIOD: u64 = 100_000;
 const KUBELET_CFS_QUOTA: u64 = CPU_LIMIT_M * KUBELET_CFS_PERIOD / 1000;
 
-/// containerd 1.x's (and Docker's) default capabilities.
-const CONTAINERD_CAPS: [&str; 14] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
-/// containerd's default `maskedPaths` (`pkg/oci/spec.go`).
-const CONTAINERD_MASKED: [&str; 11] = [
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-    "/proc/scsi",
-];
-/// containerd's default `readonlyPaths`.
-const CONTAINERD_READONLY: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 /// Masked by Docker (moby) and berth, not by containerd: observed, not
 /// enforced.
 const EXTRA_MASKED: [&str; 1] = ["/proc/interrupts"];
@@ -107,28 +75,12 @@ fn image_dir() -> PathBuf {
     dir
 }
 
-/// Debian's runc: `BERTH_RUNC`, else `/usr/sbin/runc`, else `runc` in PATH.
-/// A runc that does not answer `--version` fails the test with why.
+/// Debian's runc; a runc that does not answer `--version` fails the test
+/// with why.
 fn runc_bin() -> PathBuf {
-    let candidates: Vec<PathBuf> = match std::env::var_os("BERTH_RUNC") {
-        Some(p) => vec![p.into()],
-        None => vec!["/usr/sbin/runc".into(), "runc".into()],
-    };
-    let mut tried = Vec::new();
-    for bin in candidates {
-        match Command::new(&bin).arg("--version").output() {
-            Ok(out) if out.status.success() => return bin,
-            Ok(out) => {
-                tried.push(format!("{}: {} {}", bin.display(), out.status, String::from_utf8_lossy(&out.stderr)))
-            }
-            Err(e) => tried.push(format!("{}: {e}", bin.display())),
-        }
-    }
-    panic!(
-        "runc is needed for the differential test and does not run here ({}); install Debian's runc \
-         (`cargo xtask setup` does) or set BERTH_RUNC. Refusing to skip.",
-        tried.join("; ")
-    );
+    berth_tests::runc::runc_bin().unwrap_or_else(|e| {
+        panic!("runc is needed for the differential test and does not run here: {e:#}. Refusing to skip.")
+    })
 }
 
 /// The cgroup mounts of this host: (mount point, fs type, v1 controllers).
@@ -158,52 +110,7 @@ struct CgroupRoot {
 
 impl Drop for CgroupRoot {
     fn drop(&mut self) {
-        for (mount, _, _) in cgroup_mounts() {
-            let top = mount.join(&self.name);
-            if !top.exists() {
-                continue;
-            }
-            let mut dirs = Vec::new();
-            walk_dirs(&top, &mut dirs);
-            dirs.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-            for dir in &dirs {
-                let deadline = Instant::now() + Duration::from_secs(3);
-                loop {
-                    let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-                    let pids: Vec<i32> = procs.split_whitespace().filter_map(|p| p.parse().ok()).collect();
-                    if pids.is_empty() || Instant::now() > deadline {
-                        break;
-                    }
-                    for pid in pids {
-                        let _ =
-                            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                let deadline = Instant::now() + Duration::from_secs(3);
-                while let Err(e) = fs::remove_dir(dir) {
-                    if e.kind() == std::io::ErrorKind::NotFound {
-                        break;
-                    }
-                    if Instant::now() > deadline {
-                        eprintln!("berth-tests: rmdir {}: {e}", dir.display());
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-        }
-    }
-}
-
-fn walk_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
-    out.push(dir.to_owned());
-    if let Ok(entries) = fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                walk_dirs(&e.path(), out);
-            }
-        }
+        berth_tests::runc::remove_cgroup_root(&self.name, Duration::from_secs(3));
     }
 }
 

@@ -171,23 +171,6 @@ fn image_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Debian's runc: `BERTH_RUNC`, else `/usr/sbin/runc`, else `runc` in PATH.
-///
-/// # Errors
-/// None of them answers `--version`.
-pub fn runc_bin() -> anyhow::Result<PathBuf> {
-    let candidates: Vec<PathBuf> = match std::env::var_os("BERTH_RUNC") {
-        Some(p) => vec![p.into()],
-        None => vec!["/usr/sbin/runc".into(), "runc".into()],
-    };
-    for bin in &candidates {
-        if std::process::Command::new(bin).arg("--version").output().is_ok_and(|o| o.status.success()) {
-            return Ok(bin.clone());
-        }
-    }
-    bail!("runc not found ({candidates:?}); `cargo xtask setup` installs Debian's runc, or set BERTH_RUNC")
-}
-
 /// One pod's timings, relative to its `t0` (its submission, or the batch
 /// start for queued runc pods).
 #[derive(Debug, Clone, Copy)]
@@ -345,62 +328,10 @@ fn iff_running(ifname: &str) -> bool {
     rc == 0 && i32::from(unsafe { req.ifr_ifru.ifru_flags }) & libc::IFF_RUNNING != 0
 }
 
-/// Kills whatever is left in the cgroup root `name` (only the bench's
-/// containers live there) and removes it from every hierarchy, deepest
-/// directory first. Failures are printed, not returned: this is cleanup.
+/// Removes the bench's cgroup root `name` (see
+/// [`berth_tests::runc::remove_cgroup_root`]).
 pub fn remove_cgroup_root(name: &str) {
-    let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else { return };
-    let mounts = mountinfo.lines().filter_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        let fs_type = right.split(' ').next()?;
-        let point = left.split(' ').nth(4)?;
-        (fs_type == "cgroup" || fs_type == "cgroup2").then(|| PathBuf::from(point))
-    });
-    for mount in mounts {
-        let top = mount.join(name);
-        if !top.exists() {
-            continue;
-        }
-        let mut dirs = Vec::new();
-        walk_dirs(&top, &mut dirs);
-        dirs.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        for dir in &dirs {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-                let pids: Vec<i32> = procs.split_whitespace().filter_map(|p| p.parse().ok()).collect();
-                if pids.is_empty() || Instant::now() > deadline {
-                    break;
-                }
-                for pid in pids {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while let Err(e) = fs::remove_dir(dir) {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    eprintln!("[bench] pods cleanup: rmdir {}: {e}", dir.display());
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
-fn walk_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
-    out.push(dir.to_owned());
-    if let Ok(entries) = fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                walk_dirs(&e.path(), out);
-            }
-        }
-    }
+    berth_tests::runc::remove_cgroup_root(name, Duration::from_secs(5));
 }
 
 /// One shim's memory, in MiB: resident, proportional (shared pages divided

@@ -38,6 +38,7 @@ use std::{
 use anyhow::{Context, bail};
 use berth_agent::network::{PodNetwork, PodNetworkConfig};
 use berth_tests::Netns;
+use berth_tests::runc::{CONTAINERD_CAPS, CONTAINERD_MASKED, CONTAINERD_READONLY};
 
 use super::{
     BATCH_TIMEOUT, BatchResult, CPU_LIMIT_M, CPU_REQUEST_M, Env, MEMORY_LIMIT, PIDS_LIMIT, PodAddr, PodTiming, cpus,
@@ -50,38 +51,6 @@ const POD_CIDR: &str = "198.18.241.0/24";
 const CFS_PERIOD_US: u64 = 100_000;
 /// Bound on one `runc run -d` and `runc delete`.
 const RUNC_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// containerd 1.x's (and Docker's) default capabilities.
-const CAPS: [&str; 14] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
-const MASKED: [&str; 11] = [
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-    "/proc/scsi",
-];
-const READONLY: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
 /// The runc side: a node namespace, a pod network, a runc state root.
 pub struct Side {
@@ -105,7 +74,7 @@ impl Side {
     /// # Errors
     /// No runc, or the namespace or the pod network cannot be made.
     pub fn start(env: &Env) -> anyhow::Result<Self> {
-        let runc = super::runc_bin()?;
+        let runc = berth_tests::runc::runc_bin()?;
         let ns = Netns::unique("bE-pods-r").context("node netns for runc")?;
         let dir = env.dir.path().join("runc");
         let netns_dir = dir.join("netns");
@@ -285,7 +254,7 @@ impl<'a> Container<'a> {
                 "args": side.args,
                 "env": env,
                 "cwd": side.cwd,
-                "capabilities": { "bounding": CAPS, "effective": CAPS, "permitted": CAPS },
+                "capabilities": { "bounding": CONTAINERD_CAPS, "effective": CONTAINERD_CAPS, "permitted": CONTAINERD_CAPS },
                 "noNewPrivileges": true
             },
             "root": { "path": "rootfs", "readonly": false },
@@ -319,8 +288,8 @@ impl<'a> Container<'a> {
                     { "type": "pid" }, { "type": "ipc" }, { "type": "uts" }, { "type": "mount" },
                     { "type": "network", "path": netns }
                 ],
-                "maskedPaths": MASKED,
-                "readonlyPaths": READONLY
+                "maskedPaths": CONTAINERD_MASKED,
+                "readonlyPaths": CONTAINERD_READONLY
             }
         })
     }
