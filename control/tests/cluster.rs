@@ -620,8 +620,11 @@ fn node_loss_replaces_pods_and_drops_endpoints() {
             }
         })
         .await;
+        // The lower bound: the last heartbeat may have come one agent period
+        // before the stop and been stored truncated to the second.
         let not_ready_after = stopped.elapsed();
-        assert!(not_ready_after >= Duration::from_secs(GRACE_S) - Duration::from_secs(1), "{not_ready_after:?}");
+        let earliest = Duration::from_secs(GRACE_S - 1) - AgentOptions::default().heartbeat;
+        assert!(not_ready_after >= earliest, "NotReady after {not_ready_after:?}, earlier than {earliest:?}");
         let survivor_path = format!("/api/v1/nodes/{survivor_node}");
         assert!(ready(&cluster.get(&survivor_path).await), "{survivor_node} stays Ready");
 
@@ -680,14 +683,13 @@ fn graceful_pod_deletion_is_finished_by_the_agent() {
     common::run(async {
         let cluster = Cluster::start();
         // Slow to stop, so the terminating pod can be seen.
-        let options = AgentOptions { terminate_after: Duration::from_millis(1500), ..AgentOptions::default() };
+        let options = AgentOptions { terminate_after: Duration::from_millis(2500), ..AgentOptions::default() };
         let agent = cluster.agent(&["node-a", "node-b"], options).await;
         cluster.apply_web().await;
         let pods = cluster.wait_settled(V1, Duration::from_secs(10)).await;
         let victim = name(&pods[0]).to_owned();
         let victim_path = format!("{PODS}/{victim}");
 
-        let deleted = Instant::now();
         cluster.cli_ok(&["delete", "pod", &victim]).await;
         let pod = cluster
             .try_get(&victim_path)
@@ -699,7 +701,7 @@ fn graceful_pod_deletion_is_finished_by_the_agent() {
 
         // Its endpoint terminates: not ready, still serving (the pod is
         // ready until the agent stops it).
-        let endpoint = eventually("the victim's endpoint terminating", Duration::from_secs(1), || async {
+        let endpoint = eventually("the victim's endpoint terminating", Duration::from_secs(2), || async {
             let endpoints = cluster.web_endpoints().await;
             let mine = endpoints.iter().find(|e| e["targetRef"]["name"] == victim.as_str()).cloned();
             match mine {
@@ -709,7 +711,7 @@ fn graceful_pod_deletion_is_finished_by_the_agent() {
         })
         .await;
         assert_eq!(endpoint["conditions"], json!({"ready": false, "serving": true, "terminating": true}));
-        assert!(deleted.elapsed() < Duration::from_millis(1500), "seen before the agent's final delete");
+        assert!(!agent.deleted(&victim), "seen before the agent's final delete: {:?}", agent.record());
 
         // The agent's final delete removes it; a replacement took its place.
         eventually("the agent's final delete", Duration::from_secs(5), || async {
