@@ -64,6 +64,7 @@ pub struct Reply {
     pub body: Bytes,
 }
 
+#[derive(Clone)]
 pub struct ApiClient {
     config: Config,
     host: String,
@@ -126,6 +127,26 @@ impl ApiClient {
     /// # Errors
     /// Connection and TLS failures; HTTP errors are in the reply.
     pub async fn raw(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Reply, ClientError> {
+        self.send(method, path, body, "application/json").await
+    }
+
+    /// A JSON merge patch (RFC 7386) of the object at `path`.
+    ///
+    /// # Errors
+    /// Transport errors, or the server's error.
+    pub async fn merge_patch(&self, path: &str, patch: &serde_json::Value) -> Result<serde_json::Value, ClientError> {
+        let body = serde_json::to_vec(patch).unwrap_or_default();
+        let reply = self.send(Method::PATCH, path, Some(body), "application/merge-patch+json").await?;
+        decode_reply(&reply)
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        content_type: &'static str,
+    ) -> Result<Reply, ClientError> {
         let connect_err = |message: String| ClientError::Connect { server: self.config.server.clone(), message };
         let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((self.host.as_str(), self.port)))
             .await
@@ -148,7 +169,7 @@ impl ApiClient {
             req = req.header("authorization", format!("Bearer {token}"));
         }
         if body.is_some() {
-            req = req.header("content-type", "application/json");
+            req = req.header("content-type", content_type);
         }
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
@@ -171,11 +192,16 @@ impl ApiClient {
     ) -> Result<serde_json::Value, ClientError> {
         let body = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
         let reply = self.raw(method, path, body).await?;
-        if !(200..300).contains(&reply.status) {
-            return Err(status_error(reply.status, &reply.body));
-        }
-        serde_json::from_slice(&reply.body).map_err(|e| ClientError::Protocol(e.to_string()))
+        decode_reply(&reply)
     }
+}
+
+/// A 2xx reply's JSON, or the server's error.
+fn decode_reply(reply: &Reply) -> Result<serde_json::Value, ClientError> {
+    if !(200..300).contains(&reply.status) {
+        return Err(status_error(reply.status, &reply.body));
+    }
+    serde_json::from_slice(&reply.body).map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
 /// Decodes a Kubernetes `Status` (or any body) into an error.

@@ -87,7 +87,7 @@ where
 
 struct Cluster {
     /// Runs until the cluster is dropped (before its data directory goes).
-    _serve: Serve,
+    serve: Serve,
     config: Config,
     config_file: PathBuf,
     client: ApiClient,
@@ -108,11 +108,11 @@ impl Cluster {
         let config_file = dir.path().join("config.yaml");
         std::fs::write(&config_file, serde_yaml::to_string(&config).unwrap()).unwrap();
         let client = ApiClient::new(config.clone()).unwrap();
-        Cluster { _serve: serve, config, config_file, client, _dir: dir }
+        Cluster { serve, config, config_file, client, _dir: dir }
     }
 
     async fn agent(&self, nodes: &[&str], options: AgentOptions) -> SimAgent {
-        SimAgent::start(self.config.clone(), nodes, options).await
+        SimAgent::start(&self.serve.join_config(), nodes, options).await
     }
 
     /// The `berth` CLI, off the async workers.

@@ -23,7 +23,7 @@ mod common;
 
 use common::objects::{hash, image, name, node, ready, str_at, terminating, text, uid};
 use common::serve::{Serve, free_port};
-use common::sim_agent::{AgentOptions, SimAgent};
+use common::sim_agent::{AgentOptions, JoinConfig, SimAgent};
 use common::watch::{EventStream, Watcher};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -673,7 +673,7 @@ const BAD_LOG: [&str; 4] = ["store failure", "internal error", "controller pass 
 struct Churn {
     api: Api,
     config_file: PathBuf,
-    config: Config,
+    join: JoinConfig,
     rng: Rng,
     /// Per node: its agent, None while the node is lost.
     agents: Vec<Option<SimAgent>>,
@@ -865,7 +865,7 @@ impl Churn {
     }
 
     async fn start_agent(&mut self, i: usize) {
-        self.agents[i] = Some(SimAgent::start(self.config.clone(), &[NODE_NAMES[i]], AgentOptions::default()).await);
+        self.agents[i] = Some(SimAgent::start(&self.join, &[NODE_NAMES[i]], AgentOptions::default()).await);
     }
 
     async fn step(&mut self) {
@@ -963,7 +963,7 @@ async fn soak(seed: u64, churn_for: Duration) {
     let mut churn = Churn {
         api: api.clone(),
         config_file,
-        config: config.clone(),
+        join: serve.join_config(),
         rng: Rng(seed ^ 0xa5a5_a5a5),
         agents: Vec::new(),
         lost_at: vec![None; NODE_NAMES.len()],

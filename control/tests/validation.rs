@@ -285,3 +285,99 @@ fn deleted_services_free_their_addresses_and_namespaces_empty_before_they_go() {
         client.json(Method::POST, SERVICES, Some(&node_port_service("d", None, 30500))).await.unwrap();
     });
 }
+
+/// The refusal of a write, as (code, message).
+fn refused(result: Result<Value, ClientError>) -> (u16, String) {
+    match result {
+        Err(ClientError::Status { code, message, .. }) => (code, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// Kubernetes' NodeRestriction through the real server: a node that joined
+/// with the bootstrap token may not label itself into a role, drop the
+/// administrator's labels or taints, or change more than the status of its
+/// pods; every refusal stores nothing.
+#[test]
+fn a_node_changes_only_what_node_restriction_allows() {
+    common::run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let serve = Serve::start(&dir.path().join("data"), free_port());
+        let admin = ApiClient::new(serve.admin_config()).unwrap();
+        let node = serve.join_config().join("n1", dir.path()).await;
+        const NODE: &str = "/api/v1/nodes/n1";
+
+        let role = json!({"metadata": {"name": "n1", "labels": {"node-role.kubernetes.io/control-plane": ""}}});
+        let before = revision(&admin).await;
+        assert_eq!(
+            refused(node.json(Method::POST, "/api/v1/nodes", Some(&role)).await),
+            (
+                403,
+                "nodes \"n1\" is forbidden: node \"n1\" is not allowed to set the following labels: \
+                 node-role.kubernetes.io/control-plane"
+                    .to_owned()
+            )
+        );
+        assert_eq!(revision(&admin).await, before);
+        let kubelet = json!({"metadata": {"name": "n1", "labels": {"kubernetes.io/hostname": "n1", "kubernetes.io/os": "linux"}}});
+        node.json(Method::POST, "/api/v1/nodes", Some(&kubelet)).await.unwrap();
+        let other = json!({"metadata": {"name": "n2"}});
+        assert_eq!(refused(node.json(Method::POST, "/api/v1/nodes", Some(&other)).await).0, 403);
+
+        // The administrator gives it a role and a taint; the node renews its
+        // status and keeps both.
+        let patch = json!({
+            "metadata": {"labels": {"node-role.kubernetes.io/worker": ""}},
+            "spec": {"taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]},
+        });
+        admin.merge_patch(NODE, &patch).await.unwrap();
+        let mut heartbeat = node.json(Method::GET, NODE, None).await.unwrap();
+        heartbeat["status"] = json!({"conditions": [{"type": "Ready", "status": "True"}]});
+        node.json(Method::PUT, NODE, Some(&heartbeat)).await.unwrap();
+        let before = revision(&admin).await;
+        let unlabel = json!({"metadata": {"labels": {"node-role.kubernetes.io/worker": null}}});
+        assert_eq!(
+            refused(node.merge_patch(NODE, &unlabel).await),
+            (
+                403,
+                "nodes \"n1\" is forbidden: node \"n1\" is not allowed to modify labels: node-role.kubernetes.io/worker"
+                    .to_owned()
+            )
+        );
+        let (code, message) = refused(node.merge_patch(NODE, &json!({"spec": {"taints": null}})).await);
+        assert_eq!(
+            (code, message.as_str()),
+            (403, "nodes \"n1\" is forbidden: node \"n1\" is not allowed to modify taints")
+        );
+        assert_eq!(revision(&admin).await, before, "refused node writes store nothing");
+
+        // Its pods: the status only.
+        let pod = json!({"metadata": {"name": "mine", "labels": {"app": "web"}},
+                         "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]}});
+        admin.json(Method::POST, PODS, Some(&pod)).await.unwrap();
+        let path = format!("{PODS}/mine");
+        let running = node.merge_patch(&path, &json!({"status": {"phase": "Running"}})).await.unwrap();
+        let before = revision(&admin).await;
+        let mut relabelled = running.clone();
+        relabelled["metadata"]["labels"] = json!({"app": "payments"});
+        assert_eq!(
+            refused(node.json(Method::PUT, &path, Some(&relabelled)).await),
+            (
+                403,
+                "pods \"mine\" is forbidden: node \"n1\" can only update the status of a pod, not metadata.labels"
+                    .to_owned()
+            )
+        );
+        let weight = json!({"metadata": {"annotations": {"berth.dev/weight": "900"}}});
+        assert_eq!(refused(node.merge_patch(&path, &weight).await).0, 403);
+        assert_eq!(revision(&admin).await, before, "refused pod writes store nothing");
+        let stored = admin.json(Method::GET, &path, None).await.unwrap();
+        assert_eq!(
+            (stored["metadata"]["labels"].clone(), stored["status"]["phase"].clone()),
+            (json!({"app": "web"}), json!("Running"))
+        );
+        // And it finishes the pod's deletion, as an agent does.
+        node.json(Method::DELETE, &path, Some(&json!({"gracePeriodSeconds": 0}))).await.unwrap();
+        wait_gone(&admin, &path).await;
+    });
+}

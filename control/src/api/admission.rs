@@ -84,6 +84,25 @@ pub trait Admission: Send + Sync {
     /// Store operations that release what a deleted object held.
     fn release(&self, kind: &KindInfo, object: &serde_json::Value, store: &dyn Store) -> Vec<Op>;
 
+    /// Why node `node`, writing with its own credentials, may not store
+    /// `object` (after [`Admission::admit`]; `old` = the stored version,
+    /// None on create): Kubernetes' NodeRestriction. The message follows
+    /// `<kind> "<name>" is forbidden: `. By default nodes are not
+    /// restricted beyond the authorizer.
+    ///
+    /// # Errors
+    /// The reason, for a 403.
+    fn restrict_node(
+        &self,
+        node: &str,
+        kind: &KindInfo,
+        object: &serde_json::Value,
+        old: Option<&serde_json::Value>,
+    ) -> Result<(), String> {
+        let _ = (node, kind, object, old);
+        Ok(())
+    }
+
     /// How to delete `object` (as stored) at `now_ms`, with the request's
     /// `gracePeriodSeconds`. Objects are removed at once unless the kind
     /// terminates gracefully (pods).

@@ -186,6 +186,14 @@ pub(super) struct Caller {
 }
 
 impl Caller {
+    /// The node this caller is, if it authenticated as one.
+    pub(super) fn node(&self) -> Option<&str> {
+        match &self.access {
+            Access::Node(node) => Some(node),
+            Access::Role(_) => None,
+        }
+    }
+
     /// The caller a verified client certificate names: a node for CN
     /// `system:node:<name>` in O `system:nodes`, else user CN in groups O.
     pub(super) fn from_certificate(der: &[u8]) -> Option<Caller> {

@@ -12,7 +12,7 @@ use super::admission::{Admission, Deletion, KindInfo};
 use super::auth::{Access, Caller, Verb, authorize, bearer};
 use super::body;
 use super::discovery;
-use super::error::{self, ApiError, Body, full};
+use super::error::{self, ApiError, Body, full, qualified};
 use super::objects::{
     FieldSelector, LabelSelector, Selectors, merge_patch, meta_str, metadata_mut, name_suffix, new_uid,
     path_segment_problem, query_pairs, rfc3339, unix_now, with_resource_version,
@@ -212,8 +212,8 @@ async fn dispatch(state: &State, conn: &Connection, request: Request<Incoming>) 
             let target = Target { key, kind, namespace, name };
             match verb {
                 Verb::Get => get(state, target).await,
-                Verb::Update => update(state, target, &parts, body).await,
-                Verb::Patch => patch(state, target, &parts, body).await,
+                Verb::Update => update(state, &caller, target, &parts, body).await,
+                Verb::Patch => patch(state, &caller, target, &parts, body).await,
                 _ => delete(state, target, &parts, body, query.grace_period_seconds).await,
             }
         }
@@ -463,7 +463,9 @@ async fn create(
     set_generation(&mut object, 1);
     let target = Target { key: object_key(&kind, namespace.as_deref(), &name), kind, namespace, name };
     let (store, admission) = (state.store.clone(), state.admission.clone());
-    let (object, revision) = blocking(move || write_create(&*store, &*admission, &target, &pinned, object)).await?;
+    let node = caller.node().map(str::to_owned);
+    let (object, revision) =
+        blocking(move || write_create(&*store, &*admission, node.as_deref(), &target, &pinned, object)).await?;
     Ok(json_response(StatusCode::CREATED, &with_resource_version(object, revision)))
 }
 
@@ -518,6 +520,7 @@ fn serialise(object: &Value) -> Vec<u8> {
 fn write_create(
     store: &dyn Store,
     admission: &dyn Admission,
+    node: Option<&str>,
     target: &Target,
     pinned: &Pinned,
     object: Value,
@@ -538,6 +541,7 @@ fn write_create(
         if let (Some(uid), Some(meta)) = (admitted_uid, metadata_mut(&mut candidate)) {
             meta.insert("uid".to_owned(), uid);
         }
+        restrict_node(admission, node, target, &candidate, None)?;
         let mut txn = Vec::with_capacity(1 + ops.len());
         txn.push(Op::Create { key: target.key.clone(), value: serialise(&candidate) });
         txn.extend(ops);
@@ -551,6 +555,21 @@ fn write_create(
     }
 }
 
+/// Kubernetes' NodeRestriction, for writes made with a node's credentials
+/// (`node`): a 403 worded as kube-apiserver's admission denials.
+fn restrict_node(
+    admission: &dyn Admission,
+    node: Option<&str>,
+    target: &Target,
+    object: &Value,
+    old: Option<&Value>,
+) -> Result<(), ApiError> {
+    let Some(node) = node else { return Ok(()) };
+    admission.restrict_node(node, &target.kind, object, old).map_err(|reason| {
+        ApiError::Forbidden(format!("{} {:?} is forbidden: {reason}", qualified(&target.kind), target.name))
+    })
+}
+
 /// How an update computes the new object from the stored one.
 enum Change {
     /// PUT: the body replaces the object.
@@ -559,21 +578,33 @@ enum Change {
     MergePatch(Value),
 }
 
-async fn update(state: &State, target: Target, parts: &Parts, body: Incoming) -> Result<Response<Body>, ApiError> {
+async fn update(
+    state: &State,
+    caller: &Caller,
+    target: Target,
+    parts: &Parts,
+    body: Incoming,
+) -> Result<Response<Body>, ApiError> {
     let mut object = read_object(state, &target.kind, parts, body).await?;
     check_meta_strings(&object)?;
     check_identity(&mut object, &target)?;
     // Without a resourceVersion the update is unconditional, as Kubernetes
     // allows for every kind berth serves (`kubectl replace`).
     let expected = meta_str(&object, "resourceVersion").map(parse_revision).transpose()?;
-    write_update(state, target, Change::Replace(object), expected).await
+    write_update(state, caller, target, Change::Replace(object), expected).await
 }
 
 fn parse_revision(rv: &str) -> Result<Revision, ApiError> {
     rv.parse().map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {rv:?}: not a number")))
 }
 
-async fn patch(state: &State, target: Target, parts: &Parts, body: Incoming) -> Result<Response<Body>, ApiError> {
+async fn patch(
+    state: &State,
+    caller: &Caller,
+    target: Target,
+    parts: &Parts,
+    body: Incoming,
+) -> Result<Response<Body>, ApiError> {
     let media_type = body::media_type(parts);
     if media_type != "application/merge-patch+json" {
         return Err(ApiError::UnsupportedMediaType {
@@ -585,24 +616,27 @@ async fn patch(state: &State, target: Target, parts: &Parts, body: Incoming) -> 
     let patch = body::decode("application/json", &bytes)?;
     // A resourceVersion in the patch is a precondition, as in Kubernetes.
     let expected = meta_str(&patch, "resourceVersion").map(parse_revision).transpose()?;
-    write_update(state, target, Change::MergePatch(patch), expected).await
+    write_update(state, caller, target, Change::MergePatch(patch), expected).await
 }
 
 async fn write_update(
     state: &State,
+    caller: &Caller,
     target: Target,
     change: Change,
     expected: Option<Revision>,
 ) -> Result<Response<Body>, ApiError> {
     let (store, admission) = (state.store.clone(), state.admission.clone());
+    let node = caller.node().map(str::to_owned);
     let (object, revision) =
-        blocking(move || update_blocking(&*store, &*admission, &target, &change, expected)).await?;
+        blocking(move || update_blocking(&*store, &*admission, node.as_deref(), &target, &change, expected)).await?;
     Ok(json_response(StatusCode::OK, &with_resource_version(object, revision)))
 }
 
 fn update_blocking(
     store: &dyn Store,
     admission: &dyn Admission,
+    node: Option<&str>,
     target: &Target,
     change: &Change,
     expected: Option<Revision>,
@@ -669,6 +703,7 @@ fn update_blocking(
             .admit(&target.kind, &mut candidate, Some(&old), store)
             .map_err(|r| ApiError::rejected(r, &target.kind, &target.name, &candidate))?;
         pinned.apply(&mut candidate);
+        restrict_node(admission, node, target, &candidate, Some(&old))?;
         // The generation counts changes of the desired state.
         let spec_changed = candidate.get("spec") != old.get("spec");
         set_generation(&mut candidate, generation(&old).max(1) + i64::from(spec_changed));

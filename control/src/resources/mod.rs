@@ -86,6 +86,7 @@ mod field;
 mod meta;
 mod names;
 mod node;
+mod node_restriction;
 mod pod;
 mod quantity;
 mod ranges;
@@ -411,6 +412,13 @@ impl Admission for Resources {
             Some(Kind::Pod) => pod_deletion(object, grace_seconds, now_ms),
             Some(Kind::Namespace) => namespace_deletion(object, now_ms),
             _ => Deletion::Now,
+        }
+    }
+
+    fn restrict_node(&self, node: &str, kind: &KindInfo, object: &Value, old: Option<&Value>) -> Result<(), String> {
+        match kind_of(kind) {
+            Some(which) => node_restriction::check(node, which, object, old),
+            None => Err(format!("node {node:?} may only write its own Node and the pods bound to it")),
         }
     }
 

@@ -13,6 +13,10 @@ use super::TEST_IP;
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
+/// The bootstrap token every test server accepts (unless the test passes
+/// its own `--bootstrap-token`), for agents to join with.
+pub const BOOTSTRAP_TOKEN: &str = "berth-test.0123456789abcdef";
+
 /// A running `berth serve`, SIGKILLed (that process only) on drop. Its
 /// stderr is echoed with a `[serve <port>]` prefix and kept, so a test can
 /// wait for a log line.
@@ -30,14 +34,17 @@ impl Serve {
         Serve::start_with(data, port, &[])
     }
 
-    /// With extra `berth serve` flags; a `--controller-period-ms` among
-    /// them replaces the 100 ms default.
+    /// With extra `berth serve` flags; a `--controller-period-ms` or
+    /// `--bootstrap-token` among them replaces the default.
     pub fn start_with(data: &Path, port: u16, extra: &[&str]) -> Serve {
         let addr = format!("{TEST_IP}:{port}");
         let mut command = Command::new(BERTH);
         command.args(["serve", "--listen", &addr, "--data-dir"]).arg(data);
         if !extra.contains(&"--controller-period-ms") {
             command.args(["--controller-period-ms", "100"]);
+        }
+        if !extra.contains(&"--bootstrap-token") {
+            command.args(["--bootstrap-token", BOOTSTRAP_TOKEN]);
         }
         let mut child = command.args(extra).stderr(Stdio::piped()).spawn().expect("start berth serve");
         let stderr = child.stderr.take().expect("stderr");
@@ -92,6 +99,15 @@ impl Serve {
             cert_file: None,
             key_file: None,
             namespace: "default".into(),
+        }
+    }
+
+    /// Where simulated agents join this server.
+    pub fn join_config(&self) -> super::sim_agent::JoinConfig {
+        super::sim_agent::JoinConfig {
+            server: format!("https://{}", self.addr),
+            ca_file: self.data.join("ca.crt").display().to_string(),
+            bootstrap_token: BOOTSTRAP_TOKEN.to_owned(),
         }
     }
 

@@ -4,6 +4,12 @@
 //! deletions with kubelet's final `gracePeriodSeconds: 0` delete.
 //!
 //! # Design
+//! Each node joins as a real agent does: `POST /bootstrap/v1/join` with the
+//! server's bootstrap token, then every call for that node is made with the
+//! client certificate it got back. So the tests run under the Node
+//! authorizer and NodeRestriction: a node writes its own Node and the
+//! status of its own pods, and deletes only those pods.
+//!
 //! One agent is two tokio tasks, a heartbeat loop and a pod loop, each on
 //! its own timer, so a test can make nodes and pods as fast or as slow as
 //! it needs. Every write is a read-modify-write of the object just read: a
@@ -71,6 +77,49 @@ pub enum Action {
     Deleted { pod: String },
 }
 
+/// Where agents join: the server, the CA that signed it and a bootstrap
+/// token it accepts.
+#[derive(Debug, Clone)]
+pub struct JoinConfig {
+    /// `https://198.18.255.1:6443`.
+    pub server: String,
+    pub ca_file: String,
+    pub bootstrap_token: String,
+}
+
+impl JoinConfig {
+    /// Joins as `node`: asks for its certificate and returns a client that
+    /// authenticates with it (the PEM files live in `dir`).
+    ///
+    /// # Panics
+    /// When the server refuses the join.
+    pub async fn join(&self, node: &str, dir: &std::path::Path) -> ApiClient {
+        let bootstrap = Config {
+            server: self.server.clone(),
+            ca_file: self.ca_file.clone(),
+            token: Some(self.bootstrap_token.clone()),
+            cert_file: None,
+            key_file: None,
+            namespace: "default".into(),
+        };
+        let client = ApiClient::new(bootstrap.clone()).expect("a bootstrap client");
+        let issued = client
+            .json(Method::POST, "/bootstrap/v1/join", Some(&json!({"nodeName": node})))
+            .await
+            .unwrap_or_else(|e| panic!("joining as node {node}: {e}"));
+        let (cert, key) = (dir.join(format!("{node}.crt")), dir.join(format!("{node}.key")));
+        std::fs::write(&cert, str_at(&issued, "/certificate")).expect("write the node certificate");
+        std::fs::write(&key, str_at(&issued, "/key")).expect("write the node key");
+        let config = Config {
+            token: None,
+            cert_file: Some(cert.display().to_string()),
+            key_file: Some(key.display().to_string()),
+            ..bootstrap
+        };
+        ApiClient::new(config).expect("a node client")
+    }
+}
+
 /// A simulated agent for one or more nodes; its tasks end when it is
 /// stopped or dropped.
 pub struct SimAgent {
@@ -90,7 +139,8 @@ struct Running {
 }
 
 struct Agent {
-    client: ApiClient,
+    /// Node name → a client with that node's certificate.
+    clients: HashMap<String, ApiClient>,
     name: String,
     /// Node name → its InternalIP.
     nodes: HashMap<String, String>,
@@ -132,15 +182,20 @@ impl SimAgent {
     ///
     /// # Panics
     /// When a Node cannot be registered.
-    pub async fn start(config: Config, nodes: &[&str], options: AgentOptions) -> SimAgent {
+    pub async fn start(join: &JoinConfig, nodes: &[&str], options: AgentOptions) -> SimAgent {
         let number = AGENTS.fetch_add(1, Ordering::Relaxed) % 100 + 1;
         let record = Arc::new(Mutex::new(Vec::new()));
         let node_ips: HashMap<String, String> =
             nodes.iter().enumerate().map(|(i, n)| ((*n).to_owned(), format!("198.18.{number}.{}", i + 1))).collect();
-        let client = ApiClient::new(config.clone()).expect("an API client for the agent");
+        // The clients hold the certificates once made; the files can go.
+        let pem_dir = tempfile::tempdir().expect("a directory for node certificates");
+        let mut clients = HashMap::new();
+        for node in nodes {
+            clients.insert((*node).to_owned(), join.join(node, pem_dir.path()).await);
+        }
         for node in nodes {
             let body = node_object(node, &node_ips[*node]);
-            match client.json(Method::POST, "/api/v1/nodes", Some(&body)).await {
+            match clients[*node].json(Method::POST, "/api/v1/nodes", Some(&body)).await {
                 Ok(_) => {}
                 // Registered before (a restarted agent): the heartbeat
                 // brings the node back.
@@ -151,15 +206,14 @@ impl SimAgent {
         }
         let name = nodes.join(",");
         let heartbeat = {
-            let client = ApiClient::new(config.clone()).expect("an API client for the agent");
-            let (nodes, every, name) = (node_ips.keys().cloned().collect::<Vec<_>>(), options.heartbeat, name.clone());
+            let (clients, every, name) = (clients.clone(), options.heartbeat, name.clone());
             tokio::spawn(async move {
                 let mut timer = tokio::time::interval(every);
                 timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
                 loop {
                     timer.tick().await;
-                    for node in &nodes {
-                        if let Err(e) = heartbeat(&client, node).await
+                    for (node, client) in &clients {
+                        if let Err(e) = heartbeat(client, node).await
                             && !is_race(&e)
                         {
                             eprintln!("[agent {name}] heartbeat of {node}: {e}");
@@ -169,7 +223,7 @@ impl SimAgent {
             })
         };
         let mut agent = Agent {
-            client,
+            clients,
             name,
             nodes: node_ips,
             options,
@@ -288,7 +342,9 @@ impl Agent {
 
     /// One round over the pods bound to the agent's nodes.
     async fn sync_pods(&mut self) -> Result<(), ClientError> {
-        let list = self.client.json(Method::GET, "/api/v1/pods", None).await?;
+        // Any of its nodes may read every pod.
+        let reader = self.clients.values().next().expect("an agent plays at least one node");
+        let list = reader.json(Method::GET, "/api/v1/pods", None).await?;
         let mut seen = BTreeSet::new();
         for pod in list["items"].as_array().into_iter().flatten() {
             let node = str_at(pod, "/spec/nodeName");
@@ -321,6 +377,7 @@ impl Agent {
         let path = format!("/api/v1/namespaces/{ns}/pods/{name}");
         let terminating = pod.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null());
         let running = self.pods.get_mut(uid).expect("inserted by the caller");
+        let client = &self.clients[node];
         if terminating {
             let since = *running.terminating.get_or_insert_with(Instant::now);
             if since.elapsed() < self.options.terminate_after {
@@ -331,7 +388,7 @@ impl Agent {
             if condition_true(pod, "Ready") {
                 let mut object = pod.clone();
                 object["status"] = pod_status(pod, running, &self.nodes[node], false);
-                let _ = self.client.json(Method::PUT, &path, Some(&object)).await;
+                let _ = client.json(Method::PUT, &path, Some(&object)).await;
             }
             let options = json!({
                 "apiVersion": "v1",
@@ -339,7 +396,7 @@ impl Agent {
                 "gracePeriodSeconds": 0,
                 "preconditions": {"uid": uid},
             });
-            self.client.json(Method::DELETE, &path, Some(&options)).await?;
+            client.json(Method::DELETE, &path, Some(&options)).await?;
             self.note(Action::Deleted { pod: name.to_owned() });
             return Ok(());
         }
@@ -352,7 +409,7 @@ impl Agent {
         let mut object = pod.clone();
         object["status"] = pod_status(pod, running, &self.nodes[node], ready);
         let ip = running.ip.clone();
-        self.client.json(Method::PUT, &path, Some(&object)).await?;
+        client.json(Method::PUT, &path, Some(&object)).await?;
         if !is_running {
             self.note(Action::Started { pod: name.to_owned(), node: node.to_owned(), ip });
         }
