@@ -196,6 +196,40 @@ impl ApiClient {
     }
 }
 
+/// What a node has after joining: its own key and the certificate the
+/// cluster CA signed for it, PEM.
+#[derive(Clone)]
+pub struct Joined {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Joined {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Joined").field("cert_pem", &self.cert_pem).finish_non_exhaustive()
+    }
+}
+
+/// Joins the cluster at `config.server` (whose CA is `config.ca_file`) as
+/// node `node`, with the bootstrap token in `config.token`: makes a key
+/// here, sends only its signing request (`POST /bootstrap/v1/join`), and
+/// returns the key with the signed certificate.
+///
+/// # Errors
+/// Key generation, transport, or the server's refusal.
+pub async fn join(config: &Config, node: &str) -> Result<Joined, ClientError> {
+    let request = crate::api::pki::node_signing_request(node)
+        .map_err(|e| ClientError::Config(format!("making a key for node {node}: {e}")))?;
+    let bootstrap = Config { cert_file: None, key_file: None, ..config.clone() };
+    let body = serde_json::json!({"nodeName": node, "certificateSigningRequest": request.csr_pem});
+    let answer = ApiClient::new(bootstrap)?.json(Method::POST, "/bootstrap/v1/join", Some(&body)).await?;
+    let cert_pem = answer["certificate"]
+        .as_str()
+        .ok_or_else(|| ClientError::Protocol("the join answer has no certificate".to_owned()))?
+        .to_owned();
+    Ok(Joined { cert_pem, key_pem: request.key_pem })
+}
+
 /// A 2xx reply's JSON, or the server's error.
 fn decode_reply(reply: &Reply) -> Result<serde_json::Value, ClientError> {
     if !(200..300).contains(&reply.status) {

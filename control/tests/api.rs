@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use berth_control::api::admission::{Admission, FieldError, KindInfo, Rejection};
-use berth_control::api::pki::{Ca, IssuedCert};
+use berth_control::api::pki::{Ca, IssuedCert, node_signing_request};
 use berth_control::api::{ApiConfig, ApiServer, AuthConfig, parse_token_file};
 use berth_control::store::{MemStore, Op, RedbStore, Store, StoreOptions};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -865,13 +865,14 @@ fn join_issues_a_working_node_certificate() {
     common::run(async {
         let server = Server::start().await;
         let joiner = server.client(Some(BOOTSTRAP));
-        let (status, body) = joiner.post("/bootstrap/v1/join", &json!({ "nodeName": "worker-1" })).await;
+        // The node makes its key; only the signing request travels.
+        let request = node_signing_request("worker-1").unwrap();
+        let join = json!({ "nodeName": "worker-1", "certificateSigningRequest": request.csr_pem });
+        let (status, body) = joiner.post("/bootstrap/v1/join", &join).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["ca"], server.ca.cert_pem());
-        let cert = IssuedCert {
-            cert_pem: body["certificate"].as_str().unwrap().to_owned(),
-            key_pem: body["key"].as_str().unwrap().to_owned(),
-        };
+        assert!(body.get("key").is_none(), "the server never sees or sends a key: {body}");
+        let cert = IssuedCert { cert_pem: body["certificate"].as_str().unwrap().to_owned(), key_pem: request.key_pem };
         let node = Client::with_cert(&server, &cert);
         assert_eq!(node.get(PODS).await.0, StatusCode::OK);
         assert_eq!(
@@ -898,6 +899,17 @@ fn join_issues_a_working_node_certificate() {
         let (status, body) = joiner.post("/bootstrap/v1/join", &json!({ "nodeName": "Bad_Name" })).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         assert_eq!(body["details"]["causes"][0]["field"], "nodeName");
+        // No request, or a request for another node's identity: 422.
+        let (status, body) = joiner.post("/bootstrap/v1/join", &json!({ "nodeName": "worker-2" })).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["details"]["causes"][0]["field"], "certificateSigningRequest");
+        let stolen = json!({ "nodeName": "worker-2", "certificateSigningRequest": join["certificateSigningRequest"] });
+        let (status, body) = joiner.post("/bootstrap/v1/join", &stolen).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(
+            body["details"]["causes"][0]["message"].as_str().unwrap().contains("CN must be \"system:node:worker-2\""),
+            "{body}"
+        );
         server.stop().await;
     })
 }

@@ -17,6 +17,7 @@ use super::objects::{
     FieldSelector, LabelSelector, Selectors, merge_patch, meta_str, metadata_mut, name_suffix, new_uid,
     path_segment_problem, query_pairs, rfc3339, unix_now, with_resource_version,
 };
+use super::pki::JoinError;
 use super::routes::{Route, collection_prefix, object_key, route};
 use super::server::{Connection, State};
 use super::watch;
@@ -870,8 +871,8 @@ fn delete_blocking(
     }
 }
 
-/// The join request: `{"nodeName": "node-1"}` with `Authorization: Bearer
-/// <bootstrap token>`.
+/// The join request: `{"nodeName": "node-1", "certificateSigningRequest":
+/// "<PEM>"}` with `Authorization: Bearer <bootstrap token>`.
 const JOIN_KIND: KindInfo = KindInfo {
     api_version: "bootstrap.berth.dev/v1",
     kind: "JoinRequest",
@@ -900,9 +901,17 @@ async fn join(state: &State, parts: &Parts, body: Incoming) -> Result<Response<B
         };
         return Err(ApiError::invalid(&JOIN_KIND, &name, "nodeName", message));
     }
+    const CSR_FIELD: &str = "certificateSigningRequest";
+    let Some(csr) = request.get(CSR_FIELD).and_then(Value::as_str).map(str::to_owned) else {
+        let message = "Required value: a PEM certificate signing request for the node's own key".to_owned();
+        return Err(ApiError::invalid(&JOIN_KIND, &name, CSR_FIELD, message));
+    };
     let node = name.clone();
-    let issued = blocking(move || {
-        ca.issue_node(&node).map_err(|e| ApiError::Internal(format!("issuing a certificate for node {node}: {e}")))
+    let certificate = blocking(move || {
+        ca.sign_node_request(&node, &csr).map_err(|e| match e {
+            JoinError::Refused(why) => ApiError::invalid(&JOIN_KIND, &node, CSR_FIELD, format!("Invalid value: {why}")),
+            JoinError::Pki(e) => ApiError::Internal(format!("signing node {node}'s certificate: {e}")),
+        })
     })
     .await?;
     tracing::info!(node = %name, "node joined: issued its client certificate");
@@ -913,8 +922,7 @@ async fn join(state: &State, parts: &Parts, body: Incoming) -> Result<Response<B
             "kind": "JoinResponse",
             "apiVersion": JOIN_KIND.api_version,
             "nodeName": name,
-            "certificate": issued.cert_pem,
-            "key": issued.key_pem,
+            "certificate": certificate,
             "ca": ca_pem,
         }),
     ))

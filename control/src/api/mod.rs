@@ -46,24 +46,25 @@
 //!   token users need none, and other certificates fail the handshake. A
 //!   certificate names its caller as in Kubernetes (CN user, O groups); CN
 //!   `system:node:<name>` in O `system:nodes` is node `<name>`, which may
-//!   read everything and write only its own Node object. No credentials:
-//!   401, except for health, version and join.
+//!   read everything, write its own Node object and update and delete the
+//!   pods bound to it (Kubernetes' Node authorizer), within what
+//!   [`Admission::restrict_node`] allows (Kubernetes' NodeRestriction). No
+//!   credentials: 401, except for health, version and join.
 //! - **Join.** `POST /bootstrap/v1/join` with `Authorization: Bearer
-//!   <bootstrap token>` and `{"nodeName": "n1"}` returns
-//!   `{"certificate","key","ca"}` (PEM): the server generates the node's
-//!   key and certificate.
+//!   <bootstrap token>` and `{"nodeName": "n1", "certificateSigningRequest":
+//!   "<PEM>"}` returns `{"certificate","ca"}` (PEM): as in kubelet's TLS
+//!   bootstrap the node keeps its key, and the CA signs the request only for
+//!   that node's identity ([`pki::Ca::sign_node_request`]).
 //! - **Limits.** Bodies over the limit (3 MiB by default) get 413: at once
 //!   from `Content-Length`, or as soon as a chunked body passes it; TLS
 //!   handshakes and request headers have timeouts.
 //!
 //! # Limitations
-//! - Join is less strict than kubelet's TLS bootstrap: the server makes the
-//!   node's private key and sends it back over the TLS connection, instead
-//!   of signing a CSR whose key never leaves the node; bootstrap tokens do
-//!   not expire and may be reused, and any holder can name any node.
-//! - Nodes may write only `nodes/<own name>`; pod status writes (and the
-//!   `/status` subresource in general) are not served yet, and status is
-//!   not protected from writes through the main resource.
+//! - Bootstrap tokens do not expire and may be reused, and any holder can
+//!   join under any node name (as with Kubernetes' default CSR
+//!   auto-approval for bootstrap tokens).
+//! - There is no `/status` subresource: users may write status through the
+//!   main resource (nodes are held to status by NodeRestriction).
 //! - No strategic merge patch, JSON patch or server-side apply (415).
 //!   kubectl `create`, `get`, `get -w`, `label`, `annotate`, `patch
 //!   --type=merge`, `delete`, and `apply` of new objects work; `apply` of a
@@ -74,8 +75,10 @@
 //!   empty document, so kubectl leaves validation to the server.
 //! - Lists and gets always read the latest state (`resourceVersion` and
 //!   `resourceVersionMatch` on a list are ignored).
-//! - Deletion is immediate: no finalizers, graceful deletion or garbage
-//!   collection of dependents.
+//! - Deletion is immediate, except where [`Admission::deletion`] makes it
+//!   graceful (pods); no finalizers, and no foreground or orphan
+//!   propagation (the controllers' garbage collector removes dependents in
+//!   the background).
 //! - Authorization is the fixed roles above, not RBAC.
 //! - No limit on connections or concurrent watches, and no rate limits
 //!   (kube-apiserver's max-in-flight and priority and fairness).

@@ -8,16 +8,20 @@
 //! server is reachable under ([`Ca::write_server_cert`]), so changing the
 //! address needs no manual step. Node certificates are issued at join
 //! (`POST /bootstrap/v1/join`): CN `system:node:<name>`, O `system:nodes`,
-//! as kubelet client certificates are named.
+//! as kubelet client certificates are named. As in kubelet's TLS
+//! bootstrap, the node makes its key and a certificate signing request
+//! ([`node_signing_request`]) and the key never leaves it; the CA checks
+//! the request's signature (proof that the node holds the key) and subject,
+//! and signs only the public key, with the subject, usages and validity it
+//! chooses itself ([`Ca::sign_node_request`]).
 //!
-//! Signing needs the CA's subject and key only. rcgen cannot parse a
-//! certificate without its `x509-parser` feature, so [`Ca::load`] rebuilds
+//! Signing needs the CA's subject and key only, so [`Ca::load`] rebuilds
 //! the subject berth always gives its CA and checks that `ca.crt` has that
 //! subject and the public key of `ca.key`.
 //!
 //! # Limitations
-//! - Only a CA that berth created can be loaded (a fixed subject); bringing
-//!   an external CA needs rcgen's `x509-parser` feature.
+//! - Only a CA that berth created can be loaded (a fixed subject), not an
+//!   external one.
 //! - No revocation and no rotation: leaf certificates are valid for a year;
 //!   a node re-joins to get a new one, and removing a node does not
 //!   invalidate its certificate before it expires.
@@ -32,8 +36,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType, DnValue,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
 use rustls::crypto::CryptoProvider;
 use rustls_pki_types::CertificateDer;
@@ -60,6 +64,17 @@ pub(crate) fn crypto() -> &'static Arc<CryptoProvider> {
     PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
 }
 
+/// Why a node's join did not get a certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The request's fault: 422.
+    #[error(transparent)]
+    Refused(CsrRefused),
+    /// The CA's: 500.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+}
+
 /// Why a CA operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -82,6 +97,92 @@ pub enum PkiError {
     },
     #[error("the system random number generator failed")]
     Random,
+}
+
+/// Why a node's certificate signing request was refused (the request's
+/// fault, not the CA's).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CsrRefused(pub String);
+
+/// A node's private key and the certificate signing request for it, both
+/// PEM: made on the node, which keeps the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NodeSigningRequest {
+    pub csr_pem: String,
+    pub key_pem: String,
+}
+
+impl fmt::Debug for NodeSigningRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeSigningRequest").field("csr_pem", &self.csr_pem).finish_non_exhaustive()
+    }
+}
+
+/// A new key (ECDSA P-256) for node `name` and its signing request, with
+/// the subject the CA will accept: CN `system:node:<name>`, O
+/// `system:nodes`.
+///
+/// # Errors
+/// Key generation or encoding failures.
+pub fn node_signing_request(name: &str) -> Result<NodeSigningRequest, PkiError> {
+    let key = KeyPair::generate().map_err(rcgen_error(format!("generating a key for node {name}")))?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = node_subject(name);
+    let csr = params.serialize_request(&key).map_err(rcgen_error(format!("the signing request of node {name}")))?;
+    let csr_pem = csr.pem().map_err(rcgen_error(format!("encoding the signing request of node {name}")))?;
+    Ok(NodeSigningRequest { csr_pem, key_pem: key.serialize_pem() })
+}
+
+fn node_subject(name: &str) -> DistinguishedName {
+    let mut subject = DistinguishedName::new();
+    subject.push(DnType::OrganizationName, NODES_GROUP);
+    subject.push(DnType::CommonName, format!("{NODE_USER_PREFIX}{name}"));
+    subject
+}
+
+/// The text of a subject attribute, for the string types CSRs use.
+fn dn_text(value: &DnValue) -> Option<&str> {
+    match value {
+        DnValue::Utf8String(s) => Some(s),
+        DnValue::PrintableString(s) => Some(s.as_str()),
+        DnValue::Ia5String(s) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+/// Whether a parsed request asks for exactly node `name`'s client
+/// identity, as Kubernetes' CSR approver checks a kubelet's: one CN
+/// `system:node:<name>`, one O `system:nodes`, nothing else in the subject,
+/// no subject alternative names, not a CA, no usage but client auth.
+fn check_node_request(name: &str, request: &CertificateSigningRequestParams) -> Result<(), CsrRefused> {
+    let wanted_cn = format!("{NODE_USER_PREFIX}{name}");
+    let (mut cn, mut o) = (Vec::new(), Vec::new());
+    for (kind, value) in request.params.distinguished_name.iter() {
+        let text = dn_text(value).unwrap_or("<not a string>").to_owned();
+        match kind {
+            DnType::CommonName => cn.push(text),
+            DnType::OrganizationName => o.push(text),
+            other => return Err(CsrRefused(format!("the subject may hold only CN and O, not {other:?}"))),
+        }
+    }
+    if cn != [wanted_cn.clone()] {
+        return Err(CsrRefused(format!("the subject's CN must be {wanted_cn:?}, not {cn:?}")));
+    }
+    if o != [NODES_GROUP] {
+        return Err(CsrRefused(format!("the subject's O must be {NODES_GROUP:?} alone, not {o:?}")));
+    }
+    let params = &request.params;
+    if !params.subject_alt_names.is_empty() {
+        return Err(CsrRefused("a node client certificate has no subject alternative names".to_owned()));
+    }
+    if !matches!(params.is_ca, IsCa::NoCa | IsCa::ExplicitNoCa) {
+        return Err(CsrRefused("a node client certificate cannot be a CA".to_owned()));
+    }
+    if params.extended_key_usages.iter().any(|u| *u != ExtendedKeyUsagePurpose::ClientAuth) {
+        return Err(CsrRefused("a node client certificate may only be used for client authentication".to_owned()));
+    }
+    Ok(())
 }
 
 /// A certificate and its private key, both PEM.
@@ -296,6 +397,38 @@ impl Ca {
     /// Signing errors.
     pub fn issue_node(&self, name: &str) -> Result<IssuedCert, PkiError> {
         self.issue_client(&format!("{NODE_USER_PREFIX}{name}"), Some(NODES_GROUP))
+    }
+
+    /// Signs node `name`'s certificate signing request (PEM): the request
+    /// must be validly signed by its key and ask for exactly the node's
+    /// identity (see [`check_node_request`]). The certificate carries the
+    /// CA's choice of subject, usages and validity (a year), and only the
+    /// request's public key. Returns the certificate, PEM.
+    ///
+    /// # Errors
+    /// [`JoinError::Refused`] for a request that does not parse, is not
+    /// signed by its key or asks for anything else; [`JoinError::Pki`] when
+    /// signing fails.
+    pub fn sign_node_request(&self, name: &str, csr_pem: &str) -> Result<String, JoinError> {
+        let request = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+            JoinError::Refused(CsrRefused(match e {
+                rcgen::Error::InvalidCertificationRequestSignature => {
+                    "the request is not signed by the key it carries".to_owned()
+                }
+                other => format!("not a PEM certificate signing request berth can read: {other}"),
+            }))
+        })?;
+        check_node_request(name, &request).map_err(JoinError::Refused)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = node_subject(name);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        stamp(&mut params, 1)?;
+        let signing = CertificateSigningRequestParams { params, public_key: request.public_key };
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = signing.signed_by(&issuer).map_err(rcgen_error(format!("signing node {name}'s certificate")))?;
+        Ok(cert.pem())
     }
 
     /// Issue a server certificate for `sans`, write it to `dir` as

@@ -248,6 +248,79 @@ fn certificates_name_their_callers() {
     assert!(matches!(Ca::load(dir.path()), Err(super::pki::PkiError::NotBerthCa { .. })));
 }
 
+/// The node's key never leaves it: the CA signs a request only for the
+/// identity it names, only when the request is signed by its key, and puts
+/// its own subject and usages on the certificate.
+#[test]
+fn node_signing_requests() {
+    use rcgen::{CertificateParams, DnType, KeyPair};
+
+    use super::pki::{JoinError, node_signing_request};
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::create(dir.path()).unwrap();
+    let der = |pem: &str| {
+        use rustls_pki_types::pem::PemObject;
+        rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+    };
+    let request = node_signing_request("worker-1").unwrap();
+    let cert = ca.sign_node_request("worker-1", &request.csr_pem).unwrap();
+    let caller = Caller::from_certificate(&der(&cert)).unwrap();
+    assert_eq!(caller, Caller { name: "system:node:worker-1".into(), access: Access::Node("worker-1".into()) });
+    // The certificate is for the node's key: the pair loads into rustls.
+    let key = {
+        use rustls_pki_types::pem::PemObject;
+        rustls_pki_types::PrivateKeyDer::from_pem_slice(request.key_pem.as_bytes()).unwrap()
+    };
+    rustls::ServerConfig::builder_with_provider(super::pki::crypto().clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![der(&cert)], key)
+        .expect("certificate and key match");
+
+    let refused = |name: &str, csr: &str| match ca.sign_node_request(name, csr) {
+        Err(JoinError::Refused(why)) => why.0,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    // Another node's name, or a request made for another identity.
+    assert!(refused("worker-2", &request.csr_pem).contains("CN must be \"system:node:worker-2\""));
+    let custom = |edit: &dyn Fn(&mut CertificateParams)| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::OrganizationName, "system:nodes");
+        params.distinguished_name.push(DnType::CommonName, "system:node:worker-1");
+        edit(&mut params);
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    };
+    assert!(custom(&|_| {}).len() > 100);
+    assert_eq!(ca.sign_node_request("worker-1", &custom(&|_| {})).map(|_| ()).ok(), Some(()));
+    let masters = custom(&|p| p.distinguished_name.push(DnType::OrganizationName, "system:masters"));
+    assert!(
+        refused("worker-1", &masters).contains("O must be \"system:nodes\" alone"),
+        "{}",
+        refused("worker-1", &masters)
+    );
+    let with_san = custom(&|p| p.subject_alt_names = vec![rcgen::SanType::DnsName("api".try_into().unwrap())]);
+    assert!(refused("worker-1", &with_san).contains("no subject alternative names"));
+    let server_auth = custom(&|p| p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth]);
+    assert!(refused("worker-1", &server_auth).contains("only be used for client authentication"));
+    let ca_request = custom(&|p| p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained));
+    assert!(refused("worker-1", &ca_request).contains("cannot be a CA"));
+    // A request whose signature does not match its key (one base64
+    // character of the signature changed), and garbage.
+    let mut lines: Vec<String> = request.csr_pem.lines().map(str::to_owned).collect();
+    let second_last = lines.len() - 2;
+    let line = &mut lines[second_last];
+    let middle = line.len() / 2;
+    let flipped = if &line[middle..=middle] == "A" { "B" } else { "A" };
+    line.replace_range(middle..=middle, flipped);
+    let tampered = lines.join("\n");
+    let why = refused("worker-1", &tampered);
+    assert!(why.contains("not signed by the key") || why.contains("cannot read"), "{why}");
+    assert!(refused("worker-1", "not a pem").contains("not a PEM certificate signing request"));
+}
+
 #[test]
 fn node_names() {
     assert_eq!(dns_subdomain_problem("worker-1.example"), None);

@@ -88,8 +88,9 @@ pub struct JoinConfig {
 }
 
 impl JoinConfig {
-    /// Joins as `node`: asks for its certificate and returns a client that
-    /// authenticates with it (the PEM files live in `dir`).
+    /// Joins as `node` (a key made here, its signing request signed by the
+    /// server) and returns a client that authenticates with it (the PEM
+    /// files live in `dir`).
     ///
     /// # Panics
     /// When the server refuses the join.
@@ -102,14 +103,12 @@ impl JoinConfig {
             key_file: None,
             namespace: "default".into(),
         };
-        let client = ApiClient::new(bootstrap.clone()).expect("a bootstrap client");
-        let issued = client
-            .json(Method::POST, "/bootstrap/v1/join", Some(&json!({"nodeName": node})))
+        let joined = berth_control::client::join(&bootstrap, node)
             .await
             .unwrap_or_else(|e| panic!("joining as node {node}: {e}"));
         let (cert, key) = (dir.join(format!("{node}.crt")), dir.join(format!("{node}.key")));
-        std::fs::write(&cert, str_at(&issued, "/certificate")).expect("write the node certificate");
-        std::fs::write(&key, str_at(&issued, "/key")).expect("write the node key");
+        std::fs::write(&cert, &joined.cert_pem).expect("write the node certificate");
+        std::fs::write(&key, &joined.key_pem).expect("write the node key");
         let config = Config {
             token: None,
             cert_file: Some(cert.display().to_string()),
