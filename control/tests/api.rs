@@ -884,6 +884,22 @@ fn join_issues_a_working_node_certificate() {
             StatusCode::FORBIDDEN
         );
 
+        // Rotation: the node's own certificate renews it (a new key), and
+        // only for its own name.
+        let renewal = node_signing_request("worker-1").unwrap();
+        let renew = json!({ "nodeName": "worker-1", "certificateSigningRequest": renewal.csr_pem });
+        let (status, body) = node.post("/bootstrap/v1/join", &renew).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let renewed =
+            IssuedCert { cert_pem: body["certificate"].as_str().unwrap().to_owned(), key_pem: renewal.key_pem };
+        assert_eq!(Client::with_cert(&server, &renewed).get(PODS).await.0, StatusCode::OK);
+        let other = node_signing_request("worker-2").unwrap();
+        let (status, body) = node
+            .post("/bootstrap/v1/join", &json!({ "nodeName": "worker-2", "certificateSigningRequest": other.csr_pem }))
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert!(body["message"].as_str().unwrap().ends_with("may only renew its own certificate"), "{body}");
+
         let (status, body) =
             server.client(Some("abcdef.wrong")).post("/bootstrap/v1/join", &json!({ "nodeName": "worker-1" })).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");

@@ -140,7 +140,7 @@ async fn dispatch(state: &State, conn: &Connection, request: Request<Incoming>) 
             return Ok(response);
         }
         Some(Route::Version) => return Ok(json_response(StatusCode::OK, &discovery::version())),
-        Some(Route::Join) => return join(state, &parts, body).await,
+        Some(Route::Join) => return join(state, conn, &parts, body).await,
         _ => {}
     }
     let caller = authenticate(state, conn, &parts)?;
@@ -881,18 +881,27 @@ const JOIN_KIND: KindInfo = KindInfo {
     read_only: false,
 };
 
-async fn join(state: &State, parts: &Parts, body: Incoming) -> Result<Response<Body>, ApiError> {
+async fn join(state: &State, conn: &Connection, parts: &Parts, body: Incoming) -> Result<Response<Body>, ApiError> {
     if parts.method != Method::POST {
         return Err(method_not_allowed(&parts.method));
     }
     let ca = state.auth.node_ca.clone().ok_or(ApiError::NoRoute)?;
+    // A bootstrap token joins any node; a node's own certificate renews
+    // that node's (kubelet's certificate rotation), nothing else.
     let header = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if !bearer(header).is_some_and(|token| state.auth.is_bootstrap_token(token)) {
+    let renewing = conn.certificate.as_ref().and_then(Caller::node).map(str::to_owned);
+    if renewing.is_none() && !bearer(header).is_some_and(|token| state.auth.is_bootstrap_token(token)) {
         return Err(ApiError::Unauthorized);
     }
     let bytes = body::read(parts, body, state.body_limit).await?;
     let request = body::decode(&body::media_type(parts), &bytes)?;
     let name = request.get("nodeName").and_then(Value::as_str).unwrap_or_default().to_owned();
+    if let Some(node) = renewing.as_deref().filter(|node| *node != name) {
+        return Err(ApiError::Forbidden(format!(
+            "{} {name:?} is forbidden: node {node:?} may only renew its own certificate",
+            qualified(&JOIN_KIND)
+        )));
+    }
     if let Some(problem) = dns_subdomain_problem(&name) {
         let message = if name.is_empty() {
             format!("Required value: {problem}")

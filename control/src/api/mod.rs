@@ -54,7 +54,9 @@
 //!   <bootstrap token>` and `{"nodeName": "n1", "certificateSigningRequest":
 //!   "<PEM>"}` returns `{"certificate","ca"}` (PEM): as in kubelet's TLS
 //!   bootstrap the node keeps its key, and the CA signs the request only for
-//!   that node's identity ([`pki::Ca::sign_node_request`]).
+//!   that node's identity ([`pki::Ca::sign_node_request`]). A node renews
+//!   its certificate the same way, authenticated by its current one
+//!   instead of a token, for its own name only.
 //! - **Limits.** Bodies over the limit (3 MiB by default) get 413: at once
 //!   from `Content-Length`, or as soon as a chunked body passes it; TLS
 //!   handshakes and request headers have timeouts.

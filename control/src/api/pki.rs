@@ -22,9 +22,10 @@
 //! # Limitations
 //! - Only a CA that berth created can be loaded (a fixed subject), not an
 //!   external one.
-//! - No revocation and no rotation: leaf certificates are valid for a year;
-//!   a node re-joins to get a new one, and removing a node does not
-//!   invalidate its certificate before it expires.
+//! - No revocation: leaf certificates are valid for a year; a node renews
+//!   its own before then (`POST /bootstrap/v1/join` with its current
+//!   certificate), and removing a node does not invalidate its certificate
+//!   before it expires.
 //! - The CA key sits unencrypted on disk, protected by file mode only, as
 //!   kubeadm's `ca.key` is.
 
