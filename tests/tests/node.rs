@@ -15,6 +15,7 @@ use berth_agent::node::{
     client::{Client, ClientError},
     local_api::{PodDetail, PodView},
 };
+use berth_agent::pod::status::ContainerState;
 use berth_tests::{ChildGuard, Netns, Stream, agent_bin, poll_until};
 use nix::sched::{CloneFlags, setns};
 
@@ -397,8 +398,9 @@ spec:
     resources: {limits: {memory: 32Mi}}
 "#,
     );
+    // The current state, not `lastState`: both change on the exit.
     let detail = node.wait_for("hog", Duration::from_secs(30), "Terminated", |d| {
-        serde_json::to_string(&d.view.status).unwrap_or_default().contains("\"terminated\"")
+        d.view.status.container_statuses.first().is_some_and(|c| matches!(c.state, ContainerState::Terminated { .. }))
     });
     let s = serde_json::to_string(&detail.view.status).expect("json");
     assert!(s.contains("OOMKilled") && s.contains("137"), "OOMKilled with exit code 137: {s}");

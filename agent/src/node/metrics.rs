@@ -22,7 +22,7 @@ use prometheus_client::{
 };
 
 use crate::{
-    node::supervisor::{Shared, lock, pod_cgroup},
+    node::supervisor::{Shared, pod_cgroup},
     pod::status::ContainerState,
 };
 
@@ -85,8 +85,7 @@ impl NodeCollector {
         };
         for pod in self.shared.all_pods() {
             let spec = pod.spec();
-            let record = lock(&pod.record).clone();
-            let live = lock(&pod.live).clone();
+            let (record, live) = pod.snapshot();
             let pod_labels = |container: &str| -> LabelSet {
                 vec![
                     ("namespace", spec.namespace.clone()),

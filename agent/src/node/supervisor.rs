@@ -101,8 +101,7 @@ impl PodHandle {
 
     /// kubelet's view of the pod, composed from the record and live state.
     pub fn status(&self) -> PodStatus {
-        let record = lock(&self.record).clone();
-        let live = lock(&self.live).clone();
+        let (record, live) = self.snapshot();
         let statuses: Vec<ContainerStatus> = record
             .containers
             .iter()
@@ -132,6 +131,31 @@ impl PodHandle {
             start_time: Some(Timestamp::from_unix_ms(record.created_at_unix_ms as i64)),
             container_statuses: statuses,
         }
+    }
+
+    /// The record and the live state read together, so a change made with
+    /// [`PodHandle::update`] is seen whole or not at all (a status with
+    /// `lastState: terminated` but `state: running` read as phase Running
+    /// for a container that had ended).
+    pub(super) fn snapshot(&self) -> (PodRecord, Vec<ContainerLive>) {
+        // Lock order: record, then live, everywhere both are held.
+        let record = lock(&self.record);
+        let live = lock(&self.live);
+        (record.clone(), live.clone())
+    }
+
+    /// Changes a container's record and live state as one step, then
+    /// persists the record (after the locks are released: the save
+    /// fsyncs).
+    fn update(&self, shared: &Shared, index: usize, f: impl FnOnce(&mut ContainerRecord, &mut ContainerLive)) {
+        {
+            let mut record = lock(&self.record);
+            let mut live = lock(&self.live);
+            if let (Some(r), Some(l)) = (record.containers.get_mut(index), live.get_mut(index)) {
+                f(r, l);
+            }
+        }
+        self.save(shared);
     }
 
     fn save(&self, shared: &Shared) {
@@ -383,12 +407,12 @@ async fn run_container(shared: Arc<Shared>, pod: Arc<PodHandle>, index: usize, n
                             started_at_unix_ms: started.started_at_unix_ms,
                             ..instance
                         };
-                        pod.update_record(&shared, index, |c| {
+                        pod.update(&shared, index, |c, live| {
                             c.instance = Some(instance.clone());
                             c.finished = None;
                             c.image_id = image.digest.clone();
+                            live.state = running(instance.started_at_unix_ms);
                         });
-                        pod.set_live(index, |c| c.state = running(instance.started_at_unix_ms));
                         tracing::info!(container = %key, id = %instance.id, pid = started.pid, "container started");
                         instance
                     }
@@ -581,14 +605,12 @@ async fn finish_instance(
     }
     let stopping = pod.stop_requested().is_some();
     let restart = !stopping && should_restart(spec.restart_policy, exit_code);
-    pod.update_record(shared, index, |c| {
+    pod.update(shared, index, |c, live| {
         c.last_state = Some(state.clone());
         c.finished = Some(state.clone());
         c.instance = None;
-    });
-    pod.set_live(index, |c| {
-        c.state = state.clone();
-        c.ready = false;
+        live.state = state.clone();
+        live.ready = false;
     });
     if !restart {
         if !stopping {
