@@ -168,8 +168,8 @@ async fn create(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<(Statu
         pods.insert(key.clone(), handle.clone());
         handle
     };
-    let saver = shared.clone();
-    let saved = tokio::task::spawn_blocking(move || saver.state.save(&record)).await;
+    let (saver, saving) = (shared.clone(), handle.clone());
+    let saved = tokio::task::spawn_blocking(move || saving.persist(&saver.state)).await;
     if let Err(message) = match saved {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
@@ -224,9 +224,8 @@ async fn stop(
         let mut record = lock(&pod.record);
         record.stopping = true;
     }
-    let record = lock(&pod.record).clone();
-    let saver = shared.clone();
-    let _ = tokio::task::spawn_blocking(move || saver.state.save(&record)).await;
+    let (saver, saving) = (shared.clone(), pod.clone());
+    let _ = tokio::task::spawn_blocking(move || saving.persist(&saver.state)).await;
     // A second stop may shorten the grace period, never lengthen it.
     pod.stop.send_modify(|g| *g = Some(g.map_or(grace, |old| old.min(grace))));
     tracing::info!(pod = %format!("{ns}/{name}"), grace_s = grace.as_secs(), "pod stopping");

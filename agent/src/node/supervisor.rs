@@ -23,7 +23,7 @@ use crate::{
     node::{
         NodeConfig,
         probes::{self, Probes},
-        state::{ContainerRecord, Instance, PodRecord, StateDir},
+        state::{ContainerRecord, Instance, PodRecord, StateDir, StateError},
     },
     pod::{
         backoff::{CrashLoop, crash_loop_message, should_restart},
@@ -87,6 +87,8 @@ pub struct PodHandle {
     pub gone: watch::Sender<bool>,
     /// The last conditions reported, for their transition times.
     conditions: Mutex<Vec<PodCondition>>,
+    /// Held while the record is copied and written ([`PodHandle::persist`]).
+    saving: Mutex<()>,
 }
 
 impl PodHandle {
@@ -158,9 +160,23 @@ impl PodHandle {
         self.save(shared);
     }
 
-    fn save(&self, shared: &Shared) {
+    /// Writes the record to the state directory. Saves of one pod take
+    /// turns and each copies the record only once it has its turn, so the
+    /// file always ends with the newest record: two saves from different
+    /// threads (two containers' supervisors, a stop request) could
+    /// otherwise write the older copy last, and an agent restarted then
+    /// would adopt a stale record.
+    ///
+    /// # Errors
+    /// The state directory's write errors.
+    pub fn persist(&self, state: &StateDir) -> Result<(), StateError> {
+        let _turn = lock(&self.saving);
         let record = lock(&self.record).clone();
-        if let Err(e) = shared.state.save(&record) {
+        state.save(&record)
+    }
+
+    fn save(&self, shared: &Shared) {
+        if let Err(e) = self.persist(&shared.state) {
             tracing::error!(pod = %self.key(), error = %e, "persisting pod state failed");
         }
     }
@@ -210,6 +226,7 @@ pub fn handle_for(record: PodRecord) -> Arc<PodHandle> {
         stop: watch::channel(stopping).0,
         gone: watch::channel(false).0,
         conditions: Mutex::new(Vec::new()),
+        saving: Mutex::new(()),
     })
 }
 
