@@ -149,7 +149,12 @@ impl PodHandle {
     /// Changes a container's record and live state as one step, then
     /// persists the record (after the locks are released: the save
     /// fsyncs).
-    fn update(&self, shared: &Shared, index: usize, f: impl FnOnce(&mut ContainerRecord, &mut ContainerLive)) {
+    async fn update(
+        self: &Arc<Self>,
+        shared: &Arc<Shared>,
+        index: usize,
+        f: impl FnOnce(&mut ContainerRecord, &mut ContainerLive),
+    ) {
         {
             let mut record = lock(&self.record);
             let mut live = lock(&self.live);
@@ -157,7 +162,7 @@ impl PodHandle {
                 f(r, l);
             }
         }
-        self.save(shared);
+        self.save(shared).await;
     }
 
     /// Writes the record to the state directory. Saves of one pod take
@@ -175,10 +180,17 @@ impl PodHandle {
         state.save(&record)
     }
 
-    fn save(&self, shared: &Shared) {
-        if let Err(e) = self.persist(&shared.state) {
-            tracing::error!(pod = %self.key(), error = %e, "persisting pod state failed");
-        }
+    /// [`PodHandle::persist`] on a blocking thread: the save fsyncs the
+    /// file and its directory, which must not hold up an async worker.
+    async fn save(self: &Arc<Self>, shared: &Arc<Shared>) {
+        let (pod, saver) = (Arc::clone(self), Arc::clone(shared));
+        let saved = tokio::task::spawn_blocking(move || pod.persist(&saver.state)).await;
+        let error = match saved {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::error!(pod = %self.key(), error = %error, "persisting pod state failed");
     }
 
     fn set_live(&self, index: usize, f: impl FnOnce(&mut ContainerLive)) {
@@ -187,11 +199,11 @@ impl PodHandle {
         }
     }
 
-    fn update_record(&self, shared: &Shared, index: usize, f: impl FnOnce(&mut ContainerRecord)) {
+    async fn update_record(self: &Arc<Self>, shared: &Arc<Shared>, index: usize, f: impl FnOnce(&mut ContainerRecord)) {
         if let Some(c) = lock(&self.record).containers.get_mut(index) {
             f(c);
         }
-        self.save(shared);
+        self.save(shared).await;
     }
 
     fn stop_requested(&self) -> Option<Duration> {
@@ -266,7 +278,7 @@ pub async fn run_pod(shared: Arc<Shared>, pod: Arc<PodHandle>) {
 
     if let Some(net) = net {
         lock(&pod.record).net = Some(net.clone());
-        pod.save(&shared);
+        pod.save(&shared).await;
         let workers: Vec<JoinHandle<()>> = (0..spec.containers.len())
             .map(|i| tokio::spawn(run_container(shared.clone(), pod.clone(), i, net.clone())))
             .collect();
@@ -429,7 +441,8 @@ async fn run_container(shared: Arc<Shared>, pod: Arc<PodHandle>, index: usize, n
                             c.finished = None;
                             c.image_id = image.digest.clone();
                             live.state = running(instance.started_at_unix_ms);
-                        });
+                        })
+                        .await;
                         tracing::info!(container = %key, id = %instance.id, pid = started.pid, "container started");
                         instance
                     }
@@ -628,7 +641,8 @@ async fn finish_instance(
         c.instance = None;
         live.state = state.clone();
         live.ready = false;
-    });
+    })
+    .await;
     if !restart {
         if !stopping {
             // Done for good: stay Terminated until the pod is stopped.
@@ -641,7 +655,7 @@ async fn finish_instance(
     let now = tokio::time::Instant::now();
     let at = crash.on_exit(now);
     let delay = at.saturating_duration_since(now);
-    pod.update_record(shared, index, |c| c.restart_count += 1);
+    pod.update_record(shared, index, |c| c.restart_count += 1).await;
     if !delay.is_zero() {
         let name = spec.containers[index].name.clone();
         pod.set_live(index, |c| {
