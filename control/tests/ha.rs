@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use berth_control::api::pki::Ca;
-use berth_control::client::{ApiClient, Config};
+use berth_control::client::ApiClient;
 use berth_control::leader::Elector;
 use etcd_client::GetOptions;
 use hyper::Method;
@@ -101,15 +101,7 @@ impl Cluster {
 
 /// An admin client of `serve`, trusting the cluster CA.
 fn client(serve: &Serve) -> ApiClient {
-    ApiClient::new(Config {
-        server: format!("https://{}", serve.addr),
-        ca_file: serve.data.join("ca.crt").display().to_string(),
-        token: Some(TOKEN.to_owned()),
-        cert_file: None,
-        key_file: None,
-        namespace: "default".into(),
-    })
-    .unwrap()
+    ApiClient::new(serve.config(TOKEN.to_owned())).unwrap()
 }
 
 /// The election identity `berth serve` campaigns as.

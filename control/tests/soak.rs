@@ -23,7 +23,7 @@ mod common;
 
 use common::objects::{hash, image, name, node, ready, str_at, terminating, text, uid};
 use common::serve::{Serve, free_port};
-use common::sim_agent::{AgentOptions, JoinConfig, SimAgent};
+use common::sim_agent::{AgentOptions, SimAgent};
 use common::watch::{EventStream, Watcher};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -673,7 +673,7 @@ const BAD_LOG: [&str; 4] = ["store failure", "internal error", "controller pass 
 struct Churn {
     api: Api,
     config_file: PathBuf,
-    join: JoinConfig,
+    join: Config,
     rng: Rng,
     /// Per node: its agent, None while the node is lost.
     agents: Vec<Option<SimAgent>>,

@@ -304,7 +304,7 @@ fn a_node_changes_only_what_node_restriction_allows() {
         let dir = tempfile::tempdir().unwrap();
         let serve = Serve::start(&dir.path().join("data"), free_port());
         let admin = ApiClient::new(serve.admin_config()).unwrap();
-        let node = serve.join_config().join("n1", dir.path()).await;
+        let node = common::sim_agent::join(&serve.join_config(), "n1", dir.path()).await;
         const NODE: &str = "/api/v1/nodes/n1";
 
         let role = json!({"metadata": {"name": "n1", "labels": {"node-role.kubernetes.io/control-plane": ""}}});

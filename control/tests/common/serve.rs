@@ -90,25 +90,26 @@ impl Serve {
         tokens.split(',').next().expect("a token").to_owned()
     }
 
-    /// A client configuration for this server with the admin token.
-    pub fn admin_config(&self) -> berth_control::client::Config {
+    /// A client configuration for this server with `token`.
+    pub fn config(&self, token: String) -> berth_control::client::Config {
         berth_control::client::Config {
             server: format!("https://{}", self.addr),
             ca_file: self.data.join("ca.crt").display().to_string(),
-            token: Some(self.admin_token()),
+            token: Some(token),
             cert_file: None,
             key_file: None,
             namespace: "default".into(),
         }
     }
 
-    /// Where simulated agents join this server.
-    pub fn join_config(&self) -> super::sim_agent::JoinConfig {
-        super::sim_agent::JoinConfig {
-            server: format!("https://{}", self.addr),
-            ca_file: self.data.join("ca.crt").display().to_string(),
-            bootstrap_token: BOOTSTRAP_TOKEN.to_owned(),
-        }
+    /// A client configuration for this server with the admin token.
+    pub fn admin_config(&self) -> berth_control::client::Config {
+        self.config(self.admin_token())
+    }
+
+    /// Where simulated agents join this server: its bootstrap token.
+    pub fn join_config(&self) -> berth_control::client::Config {
+        self.config(BOOTSTRAP_TOKEN.to_owned())
     }
 
     pub fn pid(&self) -> u32 {

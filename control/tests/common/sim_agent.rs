@@ -77,46 +77,26 @@ pub enum Action {
     Deleted { pod: String },
 }
 
-/// Where agents join: the server, the CA that signed it and a bootstrap
-/// token it accepts.
-#[derive(Debug, Clone)]
-pub struct JoinConfig {
-    /// `https://198.18.255.1:6443`.
-    pub server: String,
-    pub ca_file: String,
-    pub bootstrap_token: String,
-}
-
-impl JoinConfig {
-    /// Joins as `node` (a key made here, its signing request signed by the
-    /// server) and returns a client that authenticates with it (the PEM
-    /// files live in `dir`).
-    ///
-    /// # Panics
-    /// When the server refuses the join.
-    pub async fn join(&self, node: &str, dir: &std::path::Path) -> ApiClient {
-        let bootstrap = Config {
-            server: self.server.clone(),
-            ca_file: self.ca_file.clone(),
-            token: Some(self.bootstrap_token.clone()),
-            cert_file: None,
-            key_file: None,
-            namespace: "default".into(),
-        };
-        let joined = berth_control::client::join(&bootstrap, node)
-            .await
-            .unwrap_or_else(|e| panic!("joining as node {node}: {e}"));
-        let (cert, key) = (dir.join(format!("{node}.crt")), dir.join(format!("{node}.key")));
-        std::fs::write(&cert, &joined.cert_pem).expect("write the node certificate");
-        std::fs::write(&key, &joined.key_pem).expect("write the node key");
-        let config = Config {
-            token: None,
-            cert_file: Some(cert.display().to_string()),
-            key_file: Some(key.display().to_string()),
-            ..bootstrap
-        };
-        ApiClient::new(config).expect("a node client")
-    }
+/// Joins as `node` through `bootstrap` (the server, its CA and a bootstrap
+/// token): a key made here, its signing request signed by the server.
+/// Returns a client that authenticates with the node's certificate (the
+/// PEM files live in `dir`).
+///
+/// # Panics
+/// When the server refuses the join.
+pub async fn join(bootstrap: &Config, node: &str, dir: &std::path::Path) -> ApiClient {
+    let joined =
+        berth_control::client::join(bootstrap, node).await.unwrap_or_else(|e| panic!("joining as node {node}: {e}"));
+    let (cert, key) = (dir.join(format!("{node}.crt")), dir.join(format!("{node}.key")));
+    std::fs::write(&cert, &joined.cert_pem).expect("write the node certificate");
+    std::fs::write(&key, &joined.key_pem).expect("write the node key");
+    let config = Config {
+        token: None,
+        cert_file: Some(cert.display().to_string()),
+        key_file: Some(key.display().to_string()),
+        ..bootstrap.clone()
+    };
+    ApiClient::new(config).expect("a node client")
 }
 
 /// A simulated agent for one or more nodes; its tasks end when it is
@@ -181,7 +161,8 @@ impl SimAgent {
     ///
     /// # Panics
     /// When a Node cannot be registered.
-    pub async fn start(join: &JoinConfig, nodes: &[&str], options: AgentOptions) -> SimAgent {
+    /// `bootstrap` carries the server, its CA and a bootstrap token.
+    pub async fn start(bootstrap: &Config, nodes: &[&str], options: AgentOptions) -> SimAgent {
         let number = AGENTS.fetch_add(1, Ordering::Relaxed) % 100 + 1;
         let record = Arc::new(Mutex::new(Vec::new()));
         let node_ips: HashMap<String, String> =
@@ -190,7 +171,7 @@ impl SimAgent {
         let pem_dir = tempfile::tempdir().expect("a directory for node certificates");
         let mut clients = HashMap::new();
         for node in nodes {
-            clients.insert((*node).to_owned(), join.join(node, pem_dir.path()).await);
+            clients.insert((*node).to_owned(), join(bootstrap, node, pem_dir.path()).await);
         }
         for node in nodes {
             let body = node_object(node, &node_ips[*node]);
